@@ -1,0 +1,2 @@
+//! File formats: readers for the recordings scientists bring (ABF, NWB, MATLAB, NumPy) and the
+//! `inspect` summaries of them.

@@ -1,0 +1,17 @@
+//! neurostream: declarative dataflow pipelines for neurophysiology recordings and neuron
+//! simulations. Pipeline files (TOML) declare stages; each stage runs as an actor; Arrow record
+//! batches flow between them through bounded edges; every stage's output is checkpointed to Parquet,
+//! so unchanged work is never redone and any stage can be replayed.
+//!
+//! Layout: [`pipeline`] (files, validation, graph), [`runtime`] (actors, edges, checkpoints, runs),
+//! [`stages`] (the stage kinds), [`formats`] (file readers), numeric kernels by family
+//! ([`simulate`], [`features`], [`dic`]), and [`cli`].
+
+pub mod cli;
+pub mod error;
+pub mod formats;
+pub mod pipeline;
+pub mod runtime;
+pub mod stages;
+
+pub use error::{Error, Result};

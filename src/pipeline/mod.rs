@@ -1,0 +1,14 @@
+//! Pipeline files: parsing with spans, validation that reports every error at once, and the
+//! validated graph the runtime executes.
+//!
+//! A pipeline file has a `[pipeline]` table and one `[stages.<name>]` table per stage, each with a
+//! `kind`, its `inputs` and the kind's own options. Validation runs in one pass over the whole file
+//! and never stops at the first problem: TOML syntax, unknown keys at any level, unknown kinds (with
+//! the nearest suggestion), unknown or missing inputs, cycles, invalid values, and output schemas
+//! that do not fit their consumers all become `file:line:column: message` diagnostics.
+
+pub mod diag;
+pub mod graph;
+pub mod parse;
+
+pub use parse::{Pipeline, PipelineSection, StageNode, load, parse_str};
