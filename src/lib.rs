@@ -8,10 +8,13 @@
 //! ([`simulate`], [`features`], [`dic`]), and [`cli`].
 
 pub mod cli;
+pub mod dic;
 pub mod error;
+pub mod features;
 pub mod formats;
 pub mod pipeline;
 pub mod runtime;
+pub mod simulate;
 pub mod stages;
 
 pub use error::{Error, Result};

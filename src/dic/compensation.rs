@@ -92,6 +92,8 @@ pub enum CompensationError {
     NegativeConductance { name: &'static str, value: f64 },
     #[error("invalid range for {field}: [{low}, {high}]")]
     BadRange { field: &'static str, low: f64, high: f64 },
+    #[error("population size {0} exceeds the limit of {MAX_CELLS} cells")]
+    TooManyCells(usize),
     #[error("iteration count {0} is too large (max 10000)")]
     TooManyIterations(usize),
 }
@@ -172,8 +174,9 @@ fn solve_small(mut a: [[f64; 3]; 3], mut b: [f64; 3], k: usize) -> Result<[f64; 
         b.swap(col, pivot);
         for row in col + 1..k {
             let factor = a[row][col] / a[col][col];
-            for c in col..k {
-                a[row][c] -= factor * a[col][c];
+            let pivot_row = a[col];
+            for (x, p) in a[row][col..k].iter_mut().zip(&pivot_row[col..k]) {
+                *x -= factor * p;
             }
             b[row] -= factor * b[col];
         }
@@ -219,8 +222,8 @@ fn check_problem(
         }
         mask[ch.index()] = true;
     }
-    for i in 0..N_CONDUCTANCES {
-        if !mask[i] && !(g[i].is_finite() && g[i] >= 0.0) {
+    for i in (0..N_CONDUCTANCES).filter(|&i| !mask[i]) {
+        if !(g[i].is_finite() && g[i] >= 0.0) {
             return Err(CompensationError::BadConductance { name: CONDUCTANCE_NAMES[i], value: g[i] });
         }
     }
@@ -236,6 +239,7 @@ fn check_problem(
 }
 
 /// One solve without the input checks (inner loop of the iterative compensation).
+#[allow(clippy::too_many_arguments)] // a plain kernel: every input is explicit
 fn solve_once(
     v_th_mv: f64,
     rows: &[usize; 3],
@@ -292,6 +296,7 @@ pub fn compensate(
 /// `iterations + 1` solves when g_CaT or g_CaS is unknown, each using the previous
 /// solution's g_CaT / g_CaS as the calcium prior; a single solve otherwise (the problem is
 /// then linear). The thesis default is `iterations = 5`.
+#[allow(clippy::too_many_arguments)] // a plain kernel: every input is explicit
 pub fn compensate_iterative(
     v_th_mv: f64,
     targets: &DicTargets,
@@ -414,7 +419,7 @@ pub const MAX_CELLS: usize = 100_000_000;
 /// as numpy's: all Kd, all CaT, all CaS, all KCa, then all leaks.
 pub fn draw_seed_rows(n_cells: usize, seed: u64, cfg: &SeedConfig) -> Result<Vec<[f64; N_CONDUCTANCES]>, CompensationError> {
     if n_cells > MAX_CELLS {
-        return Err(CompensationError::CountMismatch { unknowns: n_cells, targets: MAX_CELLS });
+        return Err(CompensationError::TooManyCells(n_cells));
     }
     check_range("leak_range", cfg.leak_range)?;
     check_range("kd_range", cfg.kd_range)?;
@@ -517,6 +522,7 @@ pub fn modulate_population(
 /// (g_s*, g_u*) with the reachability set and fitted priors (unless overridden), then
 /// cleaning of cells with any negative conductance. Deterministic for a given seed
 /// whatever the number of rayon threads.
+#[allow(clippy::too_many_arguments)] // a plain kernel: every input is explicit
 pub fn generate_neuromodulated_population(
     n_cells: usize,
     seed: u64,

@@ -190,7 +190,7 @@ pub fn van_rossum_distance(u_ms: &[f64], v_ms: &[f64], dt_ms: f64, epsilon: f64)
     let max_isi = isi().fold(f64::NEG_INFINITY, f64::max);
     let min_isi = isi().fold(f64::INFINITY, f64::min);
     let tau = (max_isi + min_isi) / 2.0;
-    if !(tau > 0.0) {
+    if tau.is_nan() || tau <= 0.0 {
         return Err(FeatureError::ZeroTau(tau));
     }
     let max_t = -tau * (epsilon * tau).ln();

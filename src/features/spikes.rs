@@ -234,6 +234,7 @@ pub struct Spike {
 #[derive(Debug, Default)]
 pub struct SpikeWorkspace {
     filter_buf: Vec<f64>,
+    filter_buf_heavy: Vec<f64>,
     dvdt: Vec<f64>,
     dvdt_heavy: Vec<f64>,
     gather: Vec<f64>,
@@ -444,32 +445,28 @@ impl BesselLowpass {
         zi
     }
 
-    /// Runs the filter over `x` in place, transposed direct form II like scipy's `lfilter`,
-    /// starting from state `z`.
-    fn lfilter_in_place(&self, x: &mut [f64], mut z: [f64; BESSEL_ORDER]) {
+    /// One sample of the transposed direct-form-II recursion, in the operation order of scipy's
+    /// `lfilter` C loop (no fused multiply-add, to stay close to its rounding).
+    #[inline(always)]
+    fn step(&self, z: &mut [f64; BESSEL_ORDER], xn: f64) -> f64 {
         let (b, a) = (&self.b, &self.a);
-        for s in x.iter_mut() {
-            let xn = *s;
-            let y = z[0] + b[0] * xn;
-            for m in 0..BESSEL_ORDER - 1 {
-                z[m] = z[m + 1] + xn * b[m + 1] - y * a[m + 1];
-            }
-            z[BESSEL_ORDER - 1] = xn * b[BESSEL_ORDER] - y * a[BESSEL_ORDER];
-            *s = y;
+        let y = z[0] + b[0] * xn;
+        for m in 0..BESSEL_ORDER - 1 {
+            z[m] = z[m + 1] + xn * b[m + 1] - y * a[m + 1];
         }
+        z[BESSEL_ORDER - 1] = xn * b[BESSEL_ORDER] - y * a[BESSEL_ORDER];
+        y
     }
 
-    fn lfilter_reverse_in_place(&self, x: &mut [f64], mut z: [f64; BESSEL_ORDER]) {
-        let (b, a) = (&self.b, &self.a);
-        for s in x.iter_mut().rev() {
-            let xn = *s;
-            let y = z[0] + b[0] * xn;
-            for m in 0..BESSEL_ORDER - 1 {
-                z[m] = z[m + 1] + xn * b[m + 1] - y * a[m + 1];
-            }
-            z[BESSEL_ORDER - 1] = xn * b[BESSEL_ORDER] - y * a[BESSEL_ORDER];
-            *s = y;
-        }
+    /// Odd extension of `x` by FILTFILT_PADLEN samples at each end (scipy `odd_ext`).
+    fn pad_into(x: &[f64], buf: &mut Vec<f64>) {
+        let (n, pad) = (x.len(), FILTFILT_PADLEN);
+        buf.clear();
+        buf.reserve(n + 2 * pad);
+        let (first, last) = (x[0], x[n - 1]);
+        buf.extend((1..=pad).rev().map(|k| 2.0 * first - x[k]));
+        buf.extend_from_slice(x);
+        buf.extend((1..=pad).map(|k| 2.0 * last - x[n - 1 - k]));
     }
 
     /// Zero-phase forward-backward filtering as scipy `filtfilt(b, a, x)` with its defaults
@@ -481,18 +478,48 @@ impl BesselLowpass {
         if n <= pad {
             return Err(SpikeError::TooShort { len: n, needed: pad + 1, reason: "the forward-backward Bessel filter (scipy filtfilt padding)" });
         }
-        buf.clear();
-        buf.reserve(n + 2 * pad);
-        let (first, last) = (x[0], x[n - 1]);
-        buf.extend((1..=pad).rev().map(|k| 2.0 * first - x[k]));
-        buf.extend_from_slice(x);
-        buf.extend((1..=pad).map(|k| 2.0 * last - x[n - 1 - k]));
+        Self::pad_into(x, buf);
         let zi = self.lfilter_zi();
         let x0 = buf[0];
-        self.lfilter_in_place(buf, zi.map(|z| z * x0));
+        let mut z = zi.map(|z| z * x0);
+        for s in buf.iter_mut() {
+            *s = self.step(&mut z, *s);
+        }
         let y_last = buf[buf.len() - 1];
-        self.lfilter_reverse_in_place(buf, zi.map(|z| z * y_last));
+        let mut z = zi.map(|z| z * y_last);
+        for s in buf.iter_mut().rev() {
+            *s = self.step(&mut z, *s);
+        }
         Ok(&buf[pad..pad + n])
+    }
+
+    /// [`Self::filtfilt`] of the same `x` with two filters at once. The IIR recursion is bound by
+    /// the latency of its dependency chain, so interleaving two independent chains in one loop
+    /// costs little more than one; the results are identical to two separate calls.
+    pub fn filtfilt_pair(filters: [&BesselLowpass; 2], x: &[f64], bufs: [&mut Vec<f64>; 2]) -> Result<(), SpikeError> {
+        let n = x.len();
+        if n <= FILTFILT_PADLEN {
+            return Err(SpikeError::TooShort { len: n, needed: FILTFILT_PADLEN + 1, reason: "the forward-backward Bessel filter (scipy filtfilt padding)" });
+        }
+        let [f1, f2] = filters;
+        let [b1, b2] = bufs;
+        Self::pad_into(x, b1);
+        b2.clear();
+        b2.extend_from_slice(b1);
+        let (zi1, zi2) = (f1.lfilter_zi(), f2.lfilter_zi());
+        let x0 = b1[0];
+        let (mut z1, mut z2) = (zi1.map(|z| z * x0), zi2.map(|z| z * x0));
+        for (s1, s2) in b1.iter_mut().zip(b2.iter_mut()) {
+            *s1 = f1.step(&mut z1, *s1);
+            *s2 = f2.step(&mut z2, *s2);
+        }
+        let (l1, l2) = (b1[b1.len() - 1], b2[b2.len() - 1]);
+        let (mut z1, mut z2) = (zi1.map(|z| z * l1), zi2.map(|z| z * l2));
+        for (s1, s2) in b1.iter_mut().rev().zip(b2.iter_mut().rev()) {
+            *s1 = f1.step(&mut z1, *s1);
+            *s2 = f2.step(&mut z2, *s2);
+        }
+        Ok(())
     }
 }
 
@@ -578,7 +605,7 @@ fn validate_inputs<'a>(
     }
     match time {
         Timebase::Uniform { t0_s, dt_s } => {
-            if !t0_s.is_finite() || !(dt_s.is_finite() && dt_s > 0.0) {
+            if !(t0_s.is_finite() && dt_s.is_finite() && dt_s > 0.0) {
                 return Err(SpikeError::InvalidTimebase(format!(
                     "uniform sampling needs a finite t0_s and a positive finite dt_s (got t0_s = {t0_s}, dt_s = {dt_s})"
                 )));
@@ -629,11 +656,18 @@ fn calculate_dvdt_into(
     filter_buf: &mut Vec<f64>,
     out: &mut Vec<f64>,
 ) -> Result<(), SpikeError> {
-    let n = v_mv.len();
-    out.clear();
-    out.reserve(n - 1);
-    let filter = filter_khz.filter(|&f| f != 0.0);
-    let src: &[f64] = match filter {
+    let src: &[f64] = match dvdt_filter(times, filter_khz)? {
+        Some(filter) => filter.filtfilt(v_mv, filter_buf)?,
+        None => v_mv,
+    };
+    difference_into(times, src, out);
+    Ok(())
+}
+
+/// The low-pass IPFX's `calculate_dvdt` applies: only with a nonzero cutoff and uniform sampling;
+/// the normalized cutoff must lie in [0, 1) (IPFX raises otherwise).
+fn dvdt_filter(times: Times<'_>, filter_khz: Option<f64>) -> Result<Option<BesselLowpass>, SpikeError> {
+    match filter_khz.filter(|&f| f != 0.0) {
         Some(cutoff_khz) if times.has_fixed_dt() => {
             let dt = times.at(1) - times.at(0);
             let fs = 1.0 / dt;
@@ -641,10 +675,17 @@ fn calculate_dvdt_into(
             if !(0.0..1.0).contains(&wn) {
                 return Err(SpikeError::SamplingRateTooLow { sampling_rate_hz: fs, cutoff_khz, normalized_cutoff: wn });
             }
-            BesselLowpass::design(wn)?.filtfilt(v_mv, filter_buf)?
+            Ok(Some(BesselLowpass::design(wn)?))
         }
-        _ => v_mv,
-    };
+        _ => Ok(None),
+    }
+}
+
+/// `1e-3·diff(src)/diff(t)`, dropping samples with |dt| ≤ machine epsilon.
+fn difference_into(times: Times<'_>, src: &[f64], out: &mut Vec<f64>) {
+    let n = src.len();
+    out.clear();
+    out.reserve(n - 1);
     match times.base {
         Timebase::Uniform { t0_s, dt_s } => {
             let mut t_prev = t0_s;
@@ -666,7 +707,6 @@ fn calculate_dvdt_into(
             }
         }
     }
-    Ok(())
 }
 
 /// dV/dt of a trace in V/s exactly as IPFX's `calculate_dvdt(v, t, filter_khz)` computes it.
@@ -802,7 +842,23 @@ pub fn detect_spikes_with(
     {
         return Err(SpikeError::WindowReversed { start_s: s, end_s: e });
     }
-    calculate_dvdt_into(times, v_mv, params.filter_khz, &mut ws.filter_buf, &mut ws.dvdt)?;
+    // The heavy (1 kHz) dV/dt is only needed once spikes are found. When both filters apply it is
+    // computed now, interleaved with the main filter (nearly free); otherwise lazily below, so
+    // that its errors arise exactly when IPFX's would.
+    let main_filter = dvdt_filter(times, params.filter_khz)?;
+    let heavy_filter = if main_filter.is_some() { dvdt_filter(times, params.heavy_filter_khz).ok().flatten() } else { None };
+    let mut heavy_ready = false;
+    match (main_filter, heavy_filter) {
+        (Some(f_main), Some(f_heavy)) => {
+            BesselLowpass::filtfilt_pair([&f_main, &f_heavy], v_mv, [&mut ws.filter_buf, &mut ws.filter_buf_heavy])?;
+            let core = FILTFILT_PADLEN..FILTFILT_PADLEN + v_mv.len();
+            difference_into(times, &ws.filter_buf[core.clone()], &mut ws.dvdt);
+            difference_into(times, &ws.filter_buf_heavy[core], &mut ws.dvdt_heavy);
+            heavy_ready = true;
+        }
+        (Some(f_main), None) => difference_into(times, f_main.filtfilt(v_mv, &mut ws.filter_buf)?, &mut ws.dvdt),
+        (None, _) => difference_into(times, v_mv, &mut ws.dvdt),
+    }
     let v = v_mv;
     let dvdt = &ws.dvdt;
     let t = |k: usize| times.at(k);
@@ -816,7 +872,8 @@ pub fn detect_spikes_with(
     let mut n_candidates = 0usize;
     let mut negative_since_candidate = false;
     for k in 0..window.len().saturating_sub(1) {
-        if !(window[k] >= cutoff) && window[k + 1] >= cutoff {
+        // IPFX: diff(dvdt >= cutoff) == 1. dV/dt is never NaN here (inputs are validated).
+        if window[k] < cutoff && window[k + 1] >= cutoff {
             if n_candidates == 0 || negative_since_candidate {
                 spikes.push(k + start_index);
             }
@@ -959,7 +1016,9 @@ pub fn detect_spikes_with(
 
     // 9. Trough details with the heavily filtered dV/dt (computed only when there are spikes, as
     //    in IPFX; without uniform sampling it equals the unfiltered dV/dt).
-    calculate_dvdt_into(times, v, params.heavy_filter_khz, &mut ws.filter_buf, &mut ws.dvdt_heavy)?;
+    if !heavy_ready {
+        calculate_dvdt_into(times, v, params.heavy_filter_khz, &mut ws.filter_buf, &mut ws.dvdt_heavy)?;
+    }
     let dvdt_heavy = &ws.dvdt_heavy;
     let dvdt = &ws.dvdt;
     let mut details = vec![TroughDetail::default(); n];
@@ -1272,7 +1331,11 @@ mod tests {
     }
 
     fn load_ipfx_table() -> Vec<RefRow> {
-        let text = std::fs::read_to_string(fixture("ipfx_spikes_50kHz.csv")).unwrap();
+        load_table("ipfx_spikes_50kHz.csv")
+    }
+
+    fn load_table(name: &str) -> Vec<RefRow> {
+        let text = std::fs::read_to_string(fixture(name)).unwrap();
         let mut lines = text.lines();
         let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
         lines
@@ -1336,6 +1399,63 @@ mod tests {
         assert!(rel_up <= 0.01 && rel_down <= 0.01);
         assert!(dwidth <= 2e-5 * 1.0001, "width differs by more than one sample");
         assert_eq!(index_mismatch, 0);
+    }
+
+    /// Every column of an IPFX table: indices exact, values to the CSV's 10 significant digits.
+    fn assert_matches_table(label: &str, spikes: &[Spike], rows: &[RefRow]) {
+        assert_eq!(spikes.len(), rows.len(), "{label}: spike count");
+        let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1e-3),
+            (None, None) => true,
+            _ => false,
+        };
+        for (k, (s, r)) in spikes.iter().zip(rows).enumerate() {
+            let tp = |p: Option<TracePoint>| (p.map(|p| p.index), p.map(|p| p.t_s), p.map(|p| p.v_mv));
+            for (name, p) in [
+                ("threshold", tp(Some(s.threshold))),
+                ("peak", tp(Some(s.peak))),
+                ("trough", tp(s.trough)),
+                ("fast_trough", tp(s.fast_trough)),
+                ("slow_trough", tp(s.slow_trough)),
+                ("upstroke", (s.upstroke.map(|p| p.index), s.upstroke.map(|p| p.t_s), s.upstroke.map(|p| p.v_mv))),
+                ("downstroke", (s.downstroke.map(|p| p.index), s.downstroke.map(|p| p.t_s), s.downstroke.map(|p| p.v_mv))),
+            ] {
+                assert_eq!(p.0, r.idx(&format!("{name}_index")), "{label} spike {k}: {name}_index");
+                assert!(close(p.1, r.f(&format!("{name}_t"))), "{label} spike {k}: {name}_t {:?}", p.1);
+                assert!(close(p.2, r.f(&format!("{name}_v"))), "{label} spike {k}: {name}_v {:?}", p.2);
+            }
+            assert_eq!(s.adp.map(|p| p.index), r.idx("adp_index"), "{label} spike {k}: adp_index");
+            assert!(close(s.upstroke.map(|p| p.dvdt_v_per_s), r.f("upstroke")), "{label} spike {k}: upstroke");
+            assert!(close(s.downstroke.map(|p| p.dvdt_v_per_s), r.f("downstroke")), "{label} spike {k}: downstroke");
+            assert!(close(s.width_s, r.f("width")), "{label} spike {k}: width {:?}", s.width_s);
+            assert!(close(s.upstroke_downstroke_ratio, r.f("upstroke_downstroke_ratio")), "{label} spike {k}: ratio");
+            let isi = match s.isi_type {
+                Some(IsiType::Direct) => "direct",
+                Some(IsiType::Detour) => "detour",
+                None => "",
+            };
+            assert_eq!(isi, r.cols["isi_type"], "{label} spike {k}: isi_type");
+            assert_eq!(s.clipped, r.cols["clipped"] == "True", "{label} spike {k}: clipped");
+        }
+    }
+
+    #[test]
+    fn allensdk_traces_match_full_ipfx_tables() {
+        // Tables made by IPFX 2.1.2 itself on the three AllenSDK traces (gen_ipfx_allen_tables.py);
+        // the high-dV/dt trace exercises the detour / slow-trough path, var_dt the unfiltered one.
+        for name in ["spike_test_pair", "spike_test_high_init_dvdt", "spike_test_var_dt"] {
+            let (t, v) = load_allen(&format!("{name}.txt.zst"));
+            let spikes = detect_spikes(Timebase::Samples(&t), &v, None, None, None, &SpikeDetectionParams::default()).unwrap();
+            assert_matches_table(name, &spikes, &load_table(&format!("ipfx_{name}.csv")));
+        }
+    }
+
+    #[test]
+    fn hh_full_table_matches_ipfx() {
+        let v = load_hh_v();
+        let end = (v.len() - 1) as f64 * 2e-5;
+        let spikes = detect_spikes(Timebase::Uniform { t0_s: 0.0, dt_s: 2e-5 }, &v, None, Some(0.0), Some(end), &SpikeDetectionParams::default()).unwrap();
+        assert_matches_table("hh_50kHz", &spikes, &load_ipfx_table());
     }
 
     #[test]

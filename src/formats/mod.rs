@@ -1,2 +1,3 @@
 //! File formats: readers for the recordings scientists bring (ABF, NWB, MATLAB, NumPy) and the
 //! `inspect` summaries of them.
+pub mod abf;

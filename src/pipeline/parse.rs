@@ -311,10 +311,11 @@ pub fn parse_str(path: &Path, text: &str) -> std::result::Result<Pipeline, Diagn
         }
     }
     // Sinks produce nothing to consume.
-    for r in &raw {
+    for (i, r) in raw.iter().enumerate() {
         for (inp, span) in &r.inputs {
             if let Some(k) = names.iter().position(|n| n == inp) {
                 if matches!(raw[k].kind.as_ref().map(|e| e.arity), Some(Arity::Sink { .. })) {
+                    broken[i] = true;
                     diags.push(map.diagnostic(span.clone(), format!("input `{inp}` is a sink ({}) and produces no batches", raw[k].kind_name)));
                 }
             }
