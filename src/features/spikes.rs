@@ -12,11 +12,16 @@
 //! of an empty slice, a time outside the trace) this kernel clamps or leaves the feature undefined
 //! (`None`) instead; such places are marked "IPFX raises" below.
 //!
-//! The kernel works on plain slices. Large working buffers (the padded filter buffer and the two
-//! dV/dt traces) live in a reusable [`SpikeWorkspace`], so a pipeline stage processing many sweeps
-//! allocates them once. The passes over the samples are: validation, the forward and backward
-//! filter passes, the dV/dt difference, and one scan of dV/dt for up-crossings; everything after
-//! that only touches short windows around each spike.
+//! The kernel works on plain slices. Large working buffers (the padded trace, the filter outputs
+//! and the dV/dt traces) live in a reusable [`SpikeWorkspace`], so a pipeline stage processing many
+//! sweeps allocates them once. The passes over the samples are: validation, the forward and
+//! backward filter passes, the dV/dt difference, one scan of dV/dt for up-crossings, and the
+//! searches between consecutive spikes (peaks, troughs, downstrokes, ADPs). Speed: the IIR
+//! filter, serial by nature, is computed chunk-parallel with exact corrections
+//! ([`BesselLowpass::filtfilt_lanes`]; equal to the sequential recursion up to rounding), and the
+//! long passes are written branch-free so that they vectorize (compiled for AVX-512 / AVX2 when the
+//! CPU has them, chosen at run time; never with fused multiply-add, so the rounding is that of the
+//! plain code). On the 500,000-sample HH trace this is about 20x faster than IPFX.
 
 use serde::{Deserialize, Serialize};
 
@@ -238,6 +243,10 @@ pub struct SpikeWorkspace {
     dvdt: Vec<f64>,
     dvdt_heavy: Vec<f64>,
     gather: Vec<f64>,
+    /// Interleaved forward-pass output of the lane-parallel filter (see [`BesselLowpass::filtfilt_lanes`]).
+    lanes: Vec<f64>,
+    /// The trace with scipy's odd extension, shared by the two filters.
+    padded: Vec<f64>,
 }
 
 impl SpikeWorkspace {
@@ -479,17 +488,7 @@ impl BesselLowpass {
             return Err(SpikeError::TooShort { len: n, needed: pad + 1, reason: "the forward-backward Bessel filter (scipy filtfilt padding)" });
         }
         Self::pad_into(x, buf);
-        let zi = self.lfilter_zi();
-        let x0 = buf[0];
-        let mut z = zi.map(|z| z * x0);
-        for s in buf.iter_mut() {
-            *s = self.step(&mut z, *s);
-        }
-        let y_last = buf[buf.len() - 1];
-        let mut z = zi.map(|z| z * y_last);
-        for s in buf.iter_mut().rev() {
-            *s = self.step(&mut z, *s);
-        }
+        self.filtfilt_in_place(buf);
         Ok(&buf[pad..pad + n])
     }
 
@@ -520,6 +519,251 @@ impl BesselLowpass {
             *s2 = f2.step(&mut z2, *s2);
         }
         Ok(())
+    }
+}
+
+/// Chunks of the lane-parallel filter: the trace is cut into this many chunks that are filtered
+/// side by side (independent recursions fill the SIMD lanes and hide the latency of the IIR chain).
+const LANES: usize = 16;
+/// Below this many padded samples per lane the sequential filter is used.
+const MIN_LANE_LEN: usize = 1024;
+
+/// Per-lane TDF-II state: `z[m][lane]`.
+type LaneState = [[f64; LANES]; BESSEL_ORDER];
+
+impl BesselLowpass {
+    /// [`Self::step`] on every lane at once, with the same operation order per lane.
+    #[inline(always)]
+    fn step_lanes(&self, z: &mut LaneState, x: &[f64; LANES], y: &mut [f64; LANES]) {
+        let (b, a) = (&self.b, &self.a);
+        for l in 0..LANES {
+            let xn = x[l];
+            let yl = z[0][l] + b[0] * xn;
+            z[0][l] = z[1][l] + xn * b[1] - yl * a[1];
+            z[1][l] = z[2][l] + xn * b[2] - yl * a[2];
+            z[2][l] = z[3][l] + xn * b[3] - yl * a[3];
+            z[3][l] = xn * b[4] - yl * a[4];
+            y[l] = yl;
+        }
+    }
+
+    /// Forward pass over `lane_len` steps: lane l reads `src[l·lane_len + i]` and writes
+    /// `dst[i·LANES + l]` (interleaved).
+    #[inline(always)]
+    fn forward_lanes_body(&self, z_io: &mut LaneState, src: &[f64], dst: &mut [f64], lane_len: usize) {
+        // A local copy keeps the state in registers (through the reference it would make a
+        // store-load round trip every step, lengthening the recursion's critical path).
+        let mut z = *z_io;
+        let mut x = [0.0; LANES];
+        let mut y = [0.0; LANES];
+        for (i, out) in dst.chunks_exact_mut(LANES).take(lane_len).enumerate() {
+            for (l, xl) in x.iter_mut().enumerate() {
+                *xl = src[l * lane_len + i];
+            }
+            self.step_lanes(&mut z, &x, &mut y);
+            out.copy_from_slice(&y);
+        }
+        *z_io = z;
+    }
+
+    /// Backward pass: lane l reads `src[i·LANES + l]` for i = lane_len−1 down to 0 and writes
+    /// `dst[l·lane_len + i]`.
+    #[inline(always)]
+    fn backward_lanes_body(&self, z_io: &mut LaneState, src: &[f64], dst: &mut [f64], lane_len: usize) {
+        let mut z = *z_io;
+        let mut x = [0.0; LANES];
+        let mut y = [0.0; LANES];
+        let dst = &mut dst[..LANES * lane_len];
+        for i in (0..lane_len).rev() {
+            x.copy_from_slice(&src[i * LANES..(i + 1) * LANES]);
+            self.step_lanes(&mut z, &x, &mut y);
+            for (l, yl) in y.iter().enumerate() {
+                dst[l * lane_len + i] = *yl;
+            }
+        }
+        *z_io = z;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn forward_lanes_avx2(&self, z: &mut LaneState, src: &[f64], dst: &mut [f64], lane_len: usize) {
+        self.forward_lanes_body(z, src, dst, lane_len)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn backward_lanes_avx2(&self, z: &mut LaneState, src: &[f64], dst: &mut [f64], lane_len: usize) {
+        self.backward_lanes_body(z, src, dst, lane_len)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn forward_lanes_avx512(&self, z: &mut LaneState, src: &[f64], dst: &mut [f64], lane_len: usize) {
+        self.forward_lanes_body(z, src, dst, lane_len)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn backward_lanes_avx512(&self, z: &mut LaneState, src: &[f64], dst: &mut [f64], lane_len: usize) {
+        self.backward_lanes_body(z, src, dst, lane_len)
+    }
+
+    // The lane loops are compiled for the widest vectors the CPU has (AVX-512: the 16 lanes'
+    // state fits in registers; AVX2: it spills a little; otherwise SSE2). None of these fuse
+    // multiply and add, so every variant rounds exactly like the scalar code.
+    fn forward_lanes(&self, z: &mut LaneState, src: &[f64], dst: &mut [f64], lane_len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { self.forward_lanes_avx512(z, src, dst, lane_len) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above). AVX2 has no fused multiply-add,
+            // so the rounding is the same as the baseline build's.
+            return unsafe { self.forward_lanes_avx2(z, src, dst, lane_len) };
+        }
+        self.forward_lanes_body(z, src, dst, lane_len)
+    }
+
+    fn backward_lanes(&self, z: &mut LaneState, src: &[f64], dst: &mut [f64], lane_len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: as above.
+            return unsafe { self.backward_lanes_avx512(z, src, dst, lane_len) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as in `forward_lanes`.
+            return unsafe { self.backward_lanes_avx2(z, src, dst, lane_len) };
+        }
+        self.backward_lanes_body(z, src, dst, lane_len)
+    }
+
+    /// Adds the zero-input response of the filter started in state `z` to `len` outputs
+    /// (`at(k)` = the k-th output in processing order) and returns the state left after them.
+    /// The response decays geometrically (the poles lie inside the unit circle); once the state
+    /// is below 1e-20 of where it started it no longer changes any output (f64 keeps 16 digits),
+    /// and the loop stops with a zero state.
+    fn add_free_response(&self, z: [f64; BESSEL_ORDER], len: usize, mut add: impl FnMut(usize, f64)) -> [f64; BESSEL_ORDER] {
+        let scale = z.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if scale == 0.0 {
+            return z;
+        }
+        let negligible = scale * 1e-20;
+        let mut z = z;
+        for k in 0..len {
+            let y = self.step(&mut z, 0.0);
+            add(k, y);
+            if k % 16 == 15 && z.iter().all(|v| v.abs() <= negligible) {
+                return [0.0; BESSEL_ORDER];
+            }
+        }
+        z
+    }
+
+    /// [`Self::filtfilt`] for long traces, computed chunk-parallel.
+    ///
+    /// Why it is exact: the filter is linear, so the output of a chunk started from the true
+    /// state Z equals the output started from zero plus the free (zero-input) response to Z.
+    /// The padded trace is cut into [`LANES`] chunks that are filtered side by side from a zero
+    /// state (the first chunk from scipy's true initial state), which removes the serial
+    /// dependency that makes an IIR filter slow; then, chunk by chunk in order, the true
+    /// starting state (the previous chunk's end state plus what is left of the previous free
+    /// response) is known and its free response is added. That response decays within a few
+    /// hundred samples, so the correction costs little. The backward pass does the same from the
+    /// other end. The result equals the sequential filter up to rounding (differences of a few
+    /// ulps, ~1e-14 mV). `buf` receives the padded result as in [`Self::filtfilt`]; `lanes` is
+    /// scratch. Traces shorter than `LANES · MIN_LANE_LEN` use the sequential filter.
+    pub fn filtfilt_lanes<'w>(&self, x: &[f64], buf: &'w mut Vec<f64>, padded: &mut Vec<f64>, lanes: &mut Vec<f64>) -> Result<&'w [f64], SpikeError> {
+        if x.len() <= FILTFILT_PADLEN {
+            return self.filtfilt(x, buf);
+        }
+        Self::pad_into(x, padded);
+        Ok(self.filtfilt_padded(padded, buf, lanes))
+    }
+
+    /// [`Self::filtfilt_lanes`] of a trace already extended by [`Self::pad_into`], so that two
+    /// filters of the same trace share the padding. `padded` must be longer than 3 pad lengths.
+    fn filtfilt_padded<'w>(&self, padded: &[f64], buf: &'w mut Vec<f64>, lanes: &mut Vec<f64>) -> &'w [f64] {
+        let (total, pad) = (padded.len(), FILTFILT_PADLEN);
+        // Every element of `buf` and `lanes` is written before it is read: no need to clear them.
+        buf.resize(total, 0.0);
+        if total < LANES * MIN_LANE_LEN {
+            buf.copy_from_slice(padded);
+            self.filtfilt_in_place(buf);
+        } else {
+            lanes.resize(total, 0.0);
+            self.filtfilt_lanes_core(padded, buf, lanes);
+        }
+        &buf[pad..total - pad]
+    }
+
+    /// The sequential forward-backward passes of [`Self::filtfilt`] on a padded buffer.
+    fn filtfilt_in_place(&self, buf: &mut [f64]) {
+        let zi = self.lfilter_zi();
+        let x0 = buf[0];
+        let mut z = zi.map(|z| z * x0);
+        for s in buf.iter_mut() {
+            *s = self.step(&mut z, *s);
+        }
+        let y_last = buf[buf.len() - 1];
+        let mut z = zi.map(|z| z * y_last);
+        for s in buf.iter_mut().rev() {
+            *s = self.step(&mut z, *s);
+        }
+    }
+
+    /// The body of [`Self::filtfilt_lanes`]: `src` is the padded trace (at least
+    /// `LANES · MIN_LANE_LEN` samples), `buf` receives the padded result; all three have one length.
+    fn filtfilt_lanes_core(&self, src: &[f64], buf: &mut [f64], lanes: &mut [f64]) {
+        let total = buf.len();
+        let lane_len = total / LANES;
+        let body = LANES * lane_len; // samples [body, total) belong to the last chunk (its tail)
+        let (inter, tail) = lanes.split_at_mut(body);
+        let zi = self.lfilter_zi();
+
+        // Forward: chunk l = buf[l·lane_len .. (l+1)·lane_len] (+ the tail for the last one).
+        let mut z: LaneState = [[0.0; LANES]; BESSEL_ORDER];
+        for m in 0..BESSEL_ORDER {
+            z[m][0] = zi[m] * src[0];
+        }
+        self.forward_lanes(&mut z, src, inter, lane_len);
+        let lane_state = |z: &LaneState, l: usize| -> [f64; BESSEL_ORDER] { std::array::from_fn(|m| z[m][l]) };
+        let mut last = lane_state(&z, LANES - 1);
+        for (k, t) in tail.iter_mut().enumerate() {
+            *t = self.step(&mut last, src[body + k]);
+        }
+        // Corrections, in chunk order: chunk j starts in the end state of chunk j−1.
+        let mut carry = [0.0; BESSEL_ORDER];
+        for j in 1..LANES {
+            let end_prev = lane_state(&z, j - 1);
+            let start: [f64; BESSEL_ORDER] = std::array::from_fn(|m| end_prev[m] + carry[m]);
+            let len = if j == LANES - 1 { lane_len + tail.len() } else { lane_len };
+            carry = self.add_free_response(start, len, |k, y| {
+                if k < lane_len { inter[k * LANES + j] += y } else { tail[k - lane_len] += y }
+            });
+        }
+
+        // Backward, from the end: the tail first (sequentially, true initial state), then the
+        // chunks side by side with the last chunk continuing from the tail's state.
+        let y_last = if tail.is_empty() { inter[(lane_len - 1) * LANES + LANES - 1] } else { tail[tail.len() - 1] };
+        let mut zt = zi.map(|v| v * y_last);
+        for k in (0..tail.len()).rev() {
+            buf[body + k] = self.step(&mut zt, tail[k]);
+        }
+        let mut z: LaneState = [[0.0; LANES]; BESSEL_ORDER];
+        for m in 0..BESSEL_ORDER {
+            z[m][LANES - 1] = zt[m];
+        }
+        self.backward_lanes(&mut z, inter, buf, lane_len);
+        let mut carry = [0.0; BESSEL_ORDER];
+        for j in (0..LANES - 1).rev() {
+            let end_next = lane_state(&z, j + 1);
+            let start: [f64; BESSEL_ORDER] = std::array::from_fn(|m| end_next[m] + carry[m]);
+            let top = (j + 1) * lane_len - 1;
+            carry = self.add_free_response(start, lane_len, |k, y| buf[top - k] += y);
+        }
     }
 }
 
@@ -594,6 +838,26 @@ impl Times<'_> {
     }
 }
 
+/// Every value finite: one branch-free pass, compiled for the widest vectors the CPU has.
+fn all_finite(x: &[f64]) -> bool {
+    #[inline(always)]
+    fn body(x: &[f64]) -> bool {
+        x.iter().fold(true, |ok, v| ok & v.is_finite())
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn wide512(x: &[f64]) -> bool {
+            body(x)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is available (checked).
+            return unsafe { wide512(x) };
+        }
+    }
+    body(x)
+}
+
 fn validate_inputs<'a>(
     time: Timebase<'a>,
     v_mv: &[f64],
@@ -632,7 +896,10 @@ fn validate_inputs<'a>(
             }
         }
     }
-    if let Some((k, &x)) = v_mv.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+    // A branch-free pass (it vectorizes) and the search only when it fails.
+    if !all_finite(v_mv)
+        && let Some((k, &x)) = v_mv.iter().enumerate().find(|(_, x)| !x.is_finite())
+    {
         return Err(SpikeError::NonFinite { field: "v_mv", index: k, value: x });
     }
     if let Some(i) = i_pa {
@@ -654,10 +921,12 @@ fn calculate_dvdt_into(
     v_mv: &[f64],
     filter_khz: Option<f64>,
     filter_buf: &mut Vec<f64>,
+    padded: &mut Vec<f64>,
+    lanes: &mut Vec<f64>,
     out: &mut Vec<f64>,
 ) -> Result<(), SpikeError> {
     let src: &[f64] = match dvdt_filter(times, filter_khz)? {
-        Some(filter) => filter.filtfilt(v_mv, filter_buf)?,
+        Some(filter) => filter.filtfilt_lanes(v_mv, filter_buf, padded, lanes)?,
         None => v_mv,
     };
     difference_into(times, src, out);
@@ -684,10 +953,14 @@ fn dvdt_filter(times: Times<'_>, filter_khz: Option<f64>) -> Result<Option<Besse
 /// `1e-3·diff(src)/diff(t)`, dropping samples with |dt| ≤ machine epsilon.
 fn difference_into(times: Times<'_>, src: &[f64], out: &mut Vec<f64>) {
     let n = src.len();
-    out.clear();
-    out.reserve(n - 1);
     match times.base {
+        Timebase::Uniform { t0_s, dt_s } if uniform_steps_never_vanish(t0_s, dt_s, n) => {
+            // Every element is overwritten: resizing without clearing skips a memset.
+            out.resize(n - 1, 0.0);
+            uniform_difference(t0_s, dt_s, src, out);
+        }
         Timebase::Uniform { t0_s, dt_s } => {
+            out.clear();
             let mut t_prev = t0_s;
             for k in 0..n - 1 {
                 let t_next = t0_s + (k + 1) as f64 * dt_s;
@@ -699,6 +972,7 @@ fn difference_into(times: Times<'_>, src: &[f64], out: &mut Vec<f64>) {
             }
         }
         Timebase::Samples(t) => {
+            out.clear();
             for k in 0..n - 1 {
                 let dt = t[k + 1] - t[k];
                 if dt.abs() > f64::EPSILON {
@@ -709,11 +983,63 @@ fn difference_into(times: Times<'_>, src: &[f64], out: &mut Vec<f64>) {
     }
 }
 
+/// True when no step `t[k+1] − t[k]` of `t[k] = t0 + k·dt` can round to |dt| ≤ machine epsilon
+/// (then no dV/dt sample is dropped): each time carries at most half an ulp of the largest |t|.
+fn uniform_steps_never_vanish(t0_s: f64, dt_s: f64, n: usize) -> bool {
+    let t_max = t0_s.abs().max((t0_s + n as f64 * dt_s).abs());
+    n < i32::MAX as usize && dt_s - 4.0 * f64::EPSILON * t_max > 2.0 * f64::EPSILON
+}
+
+/// `out[k] = 1e-3·(src[k+1] − src[k]) / (t[k+1] − t[k])` with `t[k] = t0 + k·dt` computed the
+/// same way as the general loop (bit-identical), without the drop test so that it vectorizes.
+#[inline(always)]
+fn uniform_difference_body(t0_s: f64, dt_s: f64, src: &[f64], out: &mut [f64]) {
+    for (k, o) in out.iter_mut().enumerate().take(src.len() - 1) {
+        *o = uniform_dvdt_at(src, t0_s, dt_s, k);
+    }
+}
+
+/// One sample of [`uniform_difference`]; the single definition keeps the on-demand heavy dV/dt
+/// bit-identical to the precomputed one.
+#[inline(always)]
+fn uniform_dvdt_at(src: &[f64], t0_s: f64, dt_s: f64, k: usize) -> f64 {
+    // i32 -> f64 converts in SIMD registers; usize -> f64 does not. n < 2^31 is checked.
+    let (kp, kn) = (k as i32 as f64, (k as i32 + 1) as f64);
+    let dt = (t0_s + kn * dt_s) - (t0_s + kp * dt_s);
+    1e-3 * (src[k + 1] - src[k]) / dt
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn uniform_difference_avx2(t0_s: f64, dt_s: f64, src: &[f64], out: &mut [f64]) {
+    uniform_difference_body(t0_s, dt_s, src, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn uniform_difference_avx512(t0_s: f64, dt_s: f64, src: &[f64], out: &mut [f64]) {
+    uniform_difference_body(t0_s, dt_s, src, out)
+}
+
+fn uniform_difference(t0_s: f64, dt_s: f64, src: &[f64], out: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available (checked); no FMA, so the rounding is unchanged.
+        return unsafe { uniform_difference_avx512(t0_s, dt_s, src, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is available (checked); no FMA, so the rounding is unchanged.
+        return unsafe { uniform_difference_avx2(t0_s, dt_s, src, out) };
+    }
+    uniform_difference_body(t0_s, dt_s, src, out)
+}
+
 /// dV/dt of a trace in V/s exactly as IPFX's `calculate_dvdt(v, t, filter_khz)` computes it.
 pub fn calculate_dvdt(time: Timebase<'_>, v_mv: &[f64], filter_khz: Option<f64>) -> Result<Vec<f64>, SpikeError> {
     let times = validate_inputs(time, v_mv, None)?;
-    let (mut buf, mut out) = (Vec::new(), Vec::new());
-    calculate_dvdt_into(times, v_mv, filter_khz, &mut buf, &mut out)?;
+    let (mut buf, mut padded, mut lanes, mut out) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    calculate_dvdt_into(times, v_mv, filter_khz, &mut buf, &mut padded, &mut lanes, &mut out)?;
     Ok(out)
 }
 
@@ -730,31 +1056,112 @@ fn clamp(lo: usize, hi: usize, len: usize) -> (usize, usize) {
 /// `argmax(x[lo:hi]) + lo` (first maximum); `None` for an empty slice (IPFX raises).
 fn argmax(x: &[f64], lo: usize, hi: usize) -> Option<usize> {
     let (lo, hi) = clamp(lo, hi, x.len());
-    let mut best: Option<(usize, f64)> = None;
-    for (k, &val) in x[lo..hi].iter().enumerate() {
-        if best.is_none_or(|(_, b)| val > b) {
-            best = Some((lo + k, val));
-        }
-    }
-    best.map(|(k, _)| k)
+    first_extreme_simd::<true>(&x[lo..hi]).map(|k| lo + k)
 }
 
 /// `argmin(x[lo:hi]) + lo` (first minimum); `None` for an empty slice (IPFX raises).
 fn argmin(x: &[f64], lo: usize, hi: usize) -> Option<usize> {
     let (lo, hi) = clamp(lo, hi, x.len());
-    let mut best: Option<(usize, f64)> = None;
-    for (k, &val) in x[lo..hi].iter().enumerate() {
-        if best.is_none_or(|(_, b)| val < b) {
-            best = Some((lo + k, val));
+    first_extreme_simd::<false>(&x[lo..hi]).map(|k| lo + k)
+}
+
+/// [`first_extreme`] compiled for the widest vectors the CPU has (no FMA involved: comparisons only).
+fn first_extreme_simd<const MAX: bool>(x: &[f64]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn wide512<const MAX: bool>(x: &[f64]) -> Option<usize> {
+            first_extreme::<MAX>(x)
+        }
+        #[target_feature(enable = "avx2")]
+        fn wide256<const MAX: bool>(x: &[f64]) -> Option<usize> {
+            first_extreme::<MAX>(x)
+        }
+        if x.len() >= 64 {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is available (checked).
+                return unsafe { wide512::<MAX>(x) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is available (checked).
+                return unsafe { wide256::<MAX>(x) };
+            }
         }
     }
-    best.map(|(k, _)| k)
+    first_extreme::<MAX>(x)
+}
+
+/// Index of the first maximum (`MAX`) or minimum of `x`, for finite values (validated inputs).
+///
+/// The searches between spikes cover the whole trace several times, so this is written to
+/// vectorize: 8 independent running extremes (one per position modulo 8, each keeping its first
+/// occurrence through a strict comparison) with branch-free selects, merged at the end by value
+/// and then by lowest index, which gives numpy's "first occurrence" rule.
+#[inline(always)]
+fn first_extreme<const MAX: bool>(x: &[f64]) -> Option<usize> {
+    const W: usize = 8;
+    let first = *x.first()?;
+    let better = |a: f64, b: f64| if MAX { a > b } else { a < b };
+    let mut best_v = [first; W];
+    let mut best_i = [0usize; W];
+    let chunks = x.chunks_exact(W);
+    let tail_start = x.len() - chunks.remainder().len();
+    for (c, chunk) in chunks.enumerate() {
+        for l in 0..W {
+            let v = chunk[l];
+            let take = better(v, best_v[l]);
+            best_v[l] = if take { v } else { best_v[l] };
+            best_i[l] = if take { c * W + l } else { best_i[l] };
+        }
+    }
+    let (mut bv, mut bi) = (best_v[0], best_i[0]);
+    for l in 1..W {
+        if better(best_v[l], bv) || (best_v[l] == bv && best_i[l] < bi) {
+            bv = best_v[l];
+            bi = best_i[l];
+        }
+    }
+    for (k, &v) in x[tail_start..].iter().enumerate() {
+        if better(v, bv) {
+            bv = v;
+            bi = tail_start + k;
+        }
+    }
+    Some(bi)
 }
 
 /// First index k in `lo..hi` with `pred(x[k])` (`flatnonzero(pred(x[lo:hi]))[0] + lo`).
-fn first_where(x: &[f64], lo: usize, hi: usize, pred: impl Fn(f64) -> bool) -> Option<usize> {
+///
+/// Some of these searches run to the next spike (e.g. the ADP search when there is none), so
+/// blocks of 32 samples are first tested branch-free (vectorized); only the block holding the
+/// first match is searched sample by sample.
+fn first_where(x: &[f64], lo: usize, hi: usize, pred: impl Fn(f64) -> bool + Copy) -> Option<usize> {
     let (lo, hi) = clamp(lo, hi, x.len());
-    x[lo..hi].iter().position(|&val| pred(val)).map(|k| lo + k)
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn wide256(x: &[f64], pred: impl Fn(f64) -> bool + Copy) -> Option<usize> {
+            first_where_body(x, pred)
+        }
+        if hi - lo >= 64 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is available (checked).
+            return unsafe { wide256(&x[lo..hi], pred) }.map(|k| lo + k);
+        }
+    }
+    first_where_body(&x[lo..hi], pred).map(|k| lo + k)
+}
+
+#[inline(always)]
+fn first_where_body(x: &[f64], pred: impl Fn(f64) -> bool + Copy) -> Option<usize> {
+    const B: usize = 32;
+    let mut start = 0;
+    for block in x.chunks(B) {
+        if block.iter().fold(false, |any, &v| any | pred(v)) {
+            return block.iter().position(|&v| pred(v)).map(|k| start + k);
+        }
+        start += block.len();
+    }
+    None
 }
 
 /// First index found walking `x[from:stop:-1]` (from `from` down to `stop`, exclusive) with
@@ -843,20 +1250,34 @@ pub fn detect_spikes_with(
         return Err(SpikeError::WindowReversed { start_s: s, end_s: e });
     }
     // The heavy (1 kHz) dV/dt is only needed once spikes are found. When both filters apply it is
-    // computed now, interleaved with the main filter (nearly free); otherwise lazily below, so
-    // that its errors arise exactly when IPFX's would.
+    // computed now (while the trace is in cache); otherwise lazily below, so that its errors
+    // arise exactly when IPFX's would.
     let main_filter = dvdt_filter(times, params.filter_khz)?;
     let heavy_filter = if main_filter.is_some() { dvdt_filter(times, params.heavy_filter_khz).ok().flatten() } else { None };
-    let mut heavy_ready = false;
+    let mut heavy_ready = HeavyReady::No;
     match (main_filter, heavy_filter) {
         (Some(f_main), Some(f_heavy)) => {
-            BesselLowpass::filtfilt_pair([&f_main, &f_heavy], v_mv, [&mut ws.filter_buf, &mut ws.filter_buf_heavy])?;
-            let core = FILTFILT_PADLEN..FILTFILT_PADLEN + v_mv.len();
-            difference_into(times, &ws.filter_buf[core.clone()], &mut ws.dvdt);
-            difference_into(times, &ws.filter_buf_heavy[core], &mut ws.dvdt_heavy);
-            heavy_ready = true;
+            if v_mv.len() <= FILTFILT_PADLEN {
+                // the same error as the sequential filter
+                f_main.filtfilt(v_mv, &mut ws.filter_buf)?;
+            }
+            // One padded copy of the trace feeds both filters.
+            BesselLowpass::pad_into(v_mv, &mut ws.padded);
+            difference_into(times, f_main.filtfilt_padded(&ws.padded, &mut ws.filter_buf, &mut ws.lanes), &mut ws.dvdt);
+            let heavy = f_heavy.filtfilt_padded(&ws.padded, &mut ws.filter_buf_heavy, &mut ws.lanes);
+            // The heavy dV/dt is read only in short stretches after each spike (the ADP search):
+            // on uniform sampling it is evaluated there, on demand, instead of everywhere.
+            heavy_ready = match times.base {
+                Timebase::Uniform { t0_s, dt_s } if uniform_steps_never_vanish(t0_s, dt_s, v_mv.len()) => HeavyReady::OnDemand,
+                _ => {
+                    difference_into(times, heavy, &mut ws.dvdt_heavy);
+                    HeavyReady::Values
+                }
+            };
         }
-        (Some(f_main), None) => difference_into(times, f_main.filtfilt(v_mv, &mut ws.filter_buf)?, &mut ws.dvdt),
+        (Some(f_main), None) => {
+            difference_into(times, f_main.filtfilt_lanes(v_mv, &mut ws.filter_buf, &mut ws.padded, &mut ws.lanes)?, &mut ws.dvdt)
+        }
         (None, _) => difference_into(times, v_mv, &mut ws.dvdt),
     }
     let v = v_mv;
@@ -871,18 +1292,33 @@ pub fn detect_spikes_with(
     let mut spikes: Vec<usize> = Vec::new();
     let mut n_candidates = 0usize;
     let mut negative_since_candidate = false;
-    for k in 0..window.len().saturating_sub(1) {
-        // IPFX: diff(dvdt >= cutoff) == 1. dV/dt is never NaN here (inputs are validated).
-        if window[k] < cutoff && window[k + 1] >= cutoff {
-            if n_candidates == 0 || negative_since_candidate {
-                spikes.push(k + start_index);
+    // Blocks without an up-crossing (nearly all) only update the "went negative" flag, with
+    // branch-free reductions that vectorize; blocks with one take the sample-by-sample path.
+    const BLOCK: usize = 256;
+    let scan_len = window.len().saturating_sub(1);
+    let mut k0 = 0;
+    while k0 < scan_len {
+        let k1 = (k0 + BLOCK).min(scan_len);
+        let (crosses, negative) = block_flags(&window[k0..k1], &window[k0 + 1..=k1], cutoff);
+        if !crosses {
+            negative_since_candidate |= negative;
+            k0 = k1;
+            continue;
+        }
+        for k in k0..k1 {
+            // IPFX: diff(dvdt >= cutoff) == 1. dV/dt is never NaN here (inputs are validated).
+            if window[k] < cutoff && window[k + 1] >= cutoff {
+                if n_candidates == 0 || negative_since_candidate {
+                    spikes.push(k + start_index);
+                }
+                n_candidates += 1;
+                negative_since_candidate = false;
             }
-            n_candidates += 1;
-            negative_since_candidate = false;
+            if window[k] < 0.0 {
+                negative_since_candidate = true;
+            }
         }
-        if window[k] < 0.0 {
-            negative_since_candidate = true;
-        }
+        k0 = k1;
     }
     if spikes.is_empty() {
         return Ok(Vec::new());
@@ -1016,16 +1452,25 @@ pub fn detect_spikes_with(
 
     // 9. Trough details with the heavily filtered dV/dt (computed only when there are spikes, as
     //    in IPFX; without uniform sampling it equals the unfiltered dV/dt).
-    if !heavy_ready {
-        calculate_dvdt_into(times, v, params.heavy_filter_khz, &mut ws.filter_buf, &mut ws.dvdt_heavy)?;
+    if heavy_ready == HeavyReady::No {
+        calculate_dvdt_into(times, v, params.heavy_filter_khz, &mut ws.filter_buf, &mut ws.padded, &mut ws.lanes, &mut ws.dvdt_heavy)?;
     }
-    let dvdt_heavy = &ws.dvdt_heavy;
+    let dvdt_heavy = match (heavy_ready, times.base) {
+        (HeavyReady::OnDemand, Timebase::Uniform { t0_s, dt_s }) => {
+            HeavyDvdt::Uniform { y: &ws.filter_buf_heavy[FILTFILT_PADLEN..FILTFILT_PADLEN + v.len()], t0_s, dt_s }
+        }
+        _ => HeavyDvdt::Values(&ws.dvdt_heavy),
+    };
     let dvdt = &ws.dvdt;
     let mut details = vec![TroughDetail::default(); n];
     let valid: Vec<usize> = (0..n).filter(|&i| !clipped[i]).collect();
     for (j, &i) in valid.iter().enumerate() {
         let next = valid.get(j + 1).map_or(end_index, |&k| thresholds[k]);
-        match trough_detail(v, dvdt, dvdt_heavy, &t, peaks[i], next, params) {
+        // The trough (first minimum of V over [peak, its range end)) answers the slow-trough
+        // search too when that search covers the same range end.
+        let trough_end = if i + 1 < n { thresholds[i + 1] } else { end_index };
+        let v_min_hint = troughs[i].map(|m| (trough_end, m));
+        match trough_detail(v, dvdt, &dvdt_heavy, &t, peaks[i], next, v_min_hint, params) {
             Some(d) => details[i] = d,
             None => clipped[i] = true,
         }
@@ -1067,6 +1512,33 @@ pub fn detect_spikes_with(
     Ok(out)
 }
 
+/// For a block of dV/dt (`a[k]`, with `b[k] = a[k+1]`): does it hold an up-crossing of `cutoff`,
+/// and does it go below 0? Branch-free so that it vectorizes.
+#[inline(always)]
+fn block_flags_body(a: &[f64], b: &[f64], cutoff: f64) -> (bool, bool) {
+    let (mut crosses, mut negative) = (false, false);
+    for (&x, &y) in a.iter().zip(b) {
+        crosses |= (x < cutoff) & (y >= cutoff);
+        negative |= x < 0.0;
+    }
+    (crosses, negative)
+}
+
+fn block_flags(a: &[f64], b: &[f64], cutoff: f64) -> (bool, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn wide256(a: &[f64], b: &[f64], cutoff: f64) -> (bool, bool) {
+            block_flags_body(a, b, cutoff)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is available (checked).
+            return unsafe { wide256(a, b, cutoff) };
+        }
+    }
+    block_flags_body(a, b, cutoff)
+}
+
 /// IPFX `refine_threshold_indexes`: target = thresh_frac · mean(dvdt[upstrokes]); walk back
 /// from each upstroke (inclusive) towards the previous upstroke (exclusive; 0 for the first) to
 /// the first dV/dt ≤ target, else take the previous upstroke itself.
@@ -1096,6 +1568,76 @@ fn mean_at(dvdt: &[f64], idx: &[usize], gather: &mut Vec<f64>) -> f64 {
     numpy_sum(gather) / gather.len() as f64
 }
 
+/// Where the heavily filtered dV/dt stands during detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeavyReady {
+    /// Not computed yet (it is computed only when there are spikes, as in IPFX).
+    No,
+    /// In `dvdt_heavy`.
+    Values,
+    /// The filtered trace is in `filter_buf_heavy`; dV/dt is evaluated where it is read.
+    OnDemand,
+}
+
+/// The heavily filtered dV/dt, as values or evaluated on demand from the filtered trace.
+enum HeavyDvdt<'a> {
+    Values(&'a [f64]),
+    /// Uniform sampling without dropped samples: `dvdt[k]` = [`uniform_dvdt_at`]`(y, .., k)`.
+    Uniform { y: &'a [f64], t0_s: f64, dt_s: f64 },
+}
+
+impl HeavyDvdt<'_> {
+    /// [`first_where`] over the dV/dt, bit-identical in both forms.
+    fn first_where(&self, lo: usize, hi: usize, pred: impl Fn(f64) -> bool + Copy) -> Option<usize> {
+        match *self {
+            HeavyDvdt::Values(d) => first_where(d, lo, hi, pred),
+            HeavyDvdt::Uniform { y, t0_s, dt_s } => {
+                let (lo, hi) = clamp(lo, hi, y.len() - 1);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f")]
+                    fn wide512(y: &[f64], t0_s: f64, dt_s: f64, lo: usize, hi: usize, pred: impl Fn(f64) -> bool + Copy) -> Option<usize> {
+                        on_demand_first_where(y, t0_s, dt_s, lo, hi, pred)
+                    }
+                    #[target_feature(enable = "avx2")]
+                    fn wide256(y: &[f64], t0_s: f64, dt_s: f64, lo: usize, hi: usize, pred: impl Fn(f64) -> bool + Copy) -> Option<usize> {
+                        on_demand_first_where(y, t0_s, dt_s, lo, hi, pred)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: AVX-512F is available (checked); no FMA is involved.
+                        return unsafe { wide512(y, t0_s, dt_s, lo, hi, pred) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: AVX2 is available (checked).
+                        return unsafe { wide256(y, t0_s, dt_s, lo, hi, pred) };
+                    }
+                }
+                on_demand_first_where(y, t0_s, dt_s, lo, hi, pred)
+            }
+        }
+    }
+}
+
+/// First k in `lo..hi` whose on-demand dV/dt satisfies `pred`, evaluated 64 samples at a time
+/// (the divisions vectorize) with an early exit at the first block holding a match.
+#[inline(always)]
+fn on_demand_first_where(y: &[f64], t0_s: f64, dt_s: f64, lo: usize, hi: usize, pred: impl Fn(f64) -> bool + Copy) -> Option<usize> {
+    const B: usize = 64;
+    let mut block = [0.0; B];
+    let mut k0 = lo;
+    while k0 < hi {
+        let m = (hi - k0).min(B);
+        for (j, d) in block[..m].iter_mut().enumerate() {
+            *d = uniform_dvdt_at(y, t0_s, dt_s, k0 + j);
+        }
+        if let Some(j) = first_where_body(&block[..m], pred) {
+            return Some(k0 + j);
+        }
+        k0 += m;
+    }
+    None
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct TroughDetail {
     fast_trough: Option<usize>,
@@ -1107,23 +1649,34 @@ struct TroughDetail {
 /// IPFX `analyze_trough_details` for one spike: fast trough, ADP, slow trough and reset type
 /// between `peak` and `next` (the next unclipped threshold or the window end). `None` means no
 /// fast trough was found: IPFX then marks the spike clipped.
+///
+/// `v_min_hint = (end, m)`: m is the first minimum of `v` over `[peak, end)`; when `end == next`
+/// it is also the first minimum over any `[from, next)` with `peak <= from <= m` (an earlier equal
+/// value would have been found first), which saves a pass over the interval.
+#[allow(clippy::too_many_arguments)]
 fn trough_detail(
     v: &[f64],
     dvdt: &[f64],
-    dvdt_heavy: &[f64],
+    dvdt_heavy: &HeavyDvdt<'_>,
     t: &impl Fn(usize) -> f64,
     peak: usize,
     next: usize,
+    v_min_hint: Option<(usize, usize)>,
     p: &SpikeDetectionParams,
 ) -> Option<TroughDetail> {
+    let argmin_v = |from: usize| match v_min_hint {
+        Some((end, m)) if end == next && peak <= from && from <= m => Some(m),
+        _ => argmin(v, from, next),
+    };
     let downstroke = argmin(dvdt, peak, next)?; // IPFX raises on an empty slice
     let target = p.term_frac * dvdt[downstroke];
     let fast = first_where(dvdt, downstroke, next, |x| x >= target)?;
     let mut detail = TroughDetail { fast_trough: Some(fast), ..TroughDetail::default() };
-    if let Some(cross) = first_where(dvdt_heavy, fast, next, |x| x >= p.adp_thresh_v_per_s)
+    let adp_thresh = p.adp_thresh_v_per_s;
+    if let Some(cross) = dvdt_heavy.first_where(fast, next, |x| x >= adp_thresh)
         && t(cross) - t(fast) < p.flat_interval_s
-        && let Some(adp) = first_where(dvdt_heavy, cross, next, |x| x <= 0.0)
-        && let Some(min_index) = argmin(v, adp, next)
+        && let Some(adp) = dvdt_heavy.first_where(cross, next, |x| x <= 0.0)
+        && let Some(min_index) = argmin_v(adp)
         && v[adp] - v[min_index] >= p.detour_tolerance_mv
         && v[adp] - v[fast] <= p.adp_max_delta_v_mv
         && t(adp) - t(fast) <= p.adp_max_delta_t_s
@@ -1133,7 +1686,7 @@ fn trough_detail(
         detail.isi_type = Some(IsiType::Detour);
         return Some(detail);
     }
-    match argmin(v, fast, next) {
+    match argmin_v(fast) {
         Some(min_index) if v[fast] - v[min_index] >= p.detour_tolerance_mv => {
             detail.isi_type = Some(IsiType::Detour);
             detail.slow_trough = Some(min_index);
@@ -1247,6 +1800,33 @@ mod tests {
         assert!(doc["filtfilt_15_error"].as_str().unwrap().contains("padlen"));
         let err = BesselLowpass::design(0.4).unwrap().filtfilt(&[0.0; 15], &mut buf).unwrap_err();
         assert!(matches!(err, SpikeError::TooShort { len: 15, needed: 16, .. }), "{err}");
+    }
+
+    #[test]
+    fn lane_parallel_filtfilt_equals_sequential() {
+        // The chunk-parallel filter against the plain sequential recursion (itself checked
+        // against scipy above): the HH trace with IPFX's two filters, and a very low cutoff on a
+        // short trace, whose free responses outlast a chunk (the carried-state path).
+        let v = load_hh_v();
+        let (mut seq, mut fast, mut padded, mut lanes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut cases: Vec<(f64, Vec<f64>)> = vec![(0.4, v.clone()), (0.04, v.clone())];
+        let short: Vec<f64> = v[100_000..100_000 + LANES * MIN_LANE_LEN + 7].to_vec();
+        cases.push((0.002, short.clone()));
+        cases.push((0.4, short));
+        cases.push((0.4, v[..1000].to_vec())); // below the lane threshold: the sequential path
+        for (wn, x) in cases {
+            let f = BesselLowpass::design(wn).unwrap();
+            let a = f.filtfilt(&x, &mut seq).unwrap().to_vec();
+            let b = f.filtfilt_lanes(&x, &mut fast, &mut padded, &mut lanes).unwrap();
+            assert_eq!(a.len(), b.len());
+            let max_abs = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            eprintln!("lanes vs sequential filtfilt wn {wn}, n {}: max |diff| {max_abs:e} mV", x.len());
+            // Rounding only. A low cutoff amplifies the rounding noise of any f64 IIR recursion:
+            // scipy's own filtfilt differs from the same computation in long double by 1.3e-10 mV
+            // (wn 0.04, this trace) and 2.1e-6 mV (wn 0.002, this snippet); we allow 10x that.
+            let tol = if wn < 0.01 { 2e-5 } else if wn < 0.1 { 2e-9 } else { 1e-12 };
+            assert!(max_abs < tol, "wn {wn}, n {}: {max_abs:e}", x.len());
+        }
     }
 
     // ---- AllenSDK's own spike tests (allensdk/test/ephys/test_features.py, test_extractor.py) ----

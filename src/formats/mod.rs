@@ -1,3 +1,6 @@
 //! File formats: readers for the recordings scientists bring (ABF, NWB, MATLAB, NumPy) and the
 //! `inspect` summaries of them.
 pub mod abf;
+pub mod allen;
+pub mod matlab;
+pub mod nwb;

@@ -98,28 +98,22 @@ impl StageConfig for SourceParquet {
         issues
     }
 
+    /// The schema of the first readable file. Files that turn out unreadable or different fail at
+    /// run time as single recordings (named by path), so one bad file does not stop the others.
     fn output_schema(&self, ctx: &StageContext, _inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
         let files = self.files(ctx).map_err(|i| vec![i])?;
         let key = if self.checkpoint.is_some() { "checkpoint" } else { "paths" };
-        let mut schema: Option<SchemaRef> = None;
-        let mut issues = Vec::new();
+        let mut errors = Vec::new();
         for f in &files {
             match read_parquet_schema(f) {
-                Ok(s) => match &schema {
-                    None => schema = Some(s),
-                    Some(first) if !super::schema::same_columns(first, &s) => issues.push(Issue::at(
-                        &[key],
-                        format!("{} has columns {} but {} has {}", f.display(), column_list(&s), files[0].display(), column_list(first)),
-                    )),
-                    _ => {}
-                },
-                Err(e) => issues.push(Issue::at(&[key], e.to_string())),
+                Ok(s) => return Ok(s),
+                Err(e) => errors.push(e.to_string()),
             }
         }
-        match (schema, issues.is_empty()) {
-            (Some(s), true) => Ok(s),
-            (None, true) => Err(vec![Issue::at(&[key], "no Parquet file to read")]),
-            _ => Err(issues),
+        if errors.is_empty() {
+            Err(vec![Issue::at(&[key], "no Parquet file to read")])
+        } else {
+            Err(vec![Issue::at(&[key], format!("no readable Parquet file: {}", errors.join("; ")))])
         }
     }
 
@@ -155,23 +149,39 @@ impl ParquetSource {
 }
 
 impl SourceOperator for ParquetSource {
+    /// One batch per call. A file that cannot be read (corrupt, truncated, vanished, unexpected
+    /// schema) fails as one recording named by its path; the other files still flow.
     fn next(&mut self, out: &mut Emitter) -> Result<bool> {
         loop {
             if let Some((path, reader)) = &mut self.reader {
+                let path = path.clone();
                 match reader.next() {
-                    Some(batch) => {
-                        let batch = batch.map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
+                    Some(Ok(batch)) => {
                         if !super::schema::same_columns(batch.schema().as_ref(), &self.schema) {
-                            return Err(Error::msg(format!(
-                                "{}: unexpected schema: columns {} where {} were expected",
-                                path.display(),
-                                column_list(&batch.schema()),
-                                column_list(&self.schema)
-                            )));
+                            self.reader = None;
+                            out.fail(
+                                path.display().to_string(),
+                                format!(
+                                    "unexpected schema: columns {} where {} were expected",
+                                    column_list(&batch.schema()),
+                                    column_list(&self.schema)
+                                ),
+                            );
+                            return Ok(true);
                         }
                         // Keep the declared schema (with its unit metadata) on every batch.
-                        let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
-                        out.emit(batch);
+                        match RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec()) {
+                            Ok(b) => out.emit(b),
+                            Err(e) => {
+                                self.reader = None;
+                                out.fail(path.display().to_string(), format!("does not fit the expected schema: {e}"));
+                            }
+                        }
+                        return Ok(true);
+                    }
+                    Some(Err(e)) => {
+                        self.reader = None;
+                        out.fail(path.display().to_string(), format!("not a readable Parquet file: {e}"));
                         return Ok(true);
                     }
                     None => self.reader = None,
@@ -182,11 +192,16 @@ impl SourceOperator for ParquetSource {
             }
             let path = self.files[self.next_file].clone();
             self.next_file += 1;
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.with_batch_size(self.batch_rows).build())
-                .map_err(|e| Error::parquet(format!("{}: not a readable Parquet file", path.display()), e))?;
-            self.reader = Some((path, reader));
+            let opened = File::open(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).and_then(|b| b.with_batch_size(self.batch_rows).build()).map_err(|e| e.to_string()));
+            match opened {
+                Ok(reader) => self.reader = Some((path, reader)),
+                Err(e) => {
+                    out.fail(path.display().to_string(), format!("not a readable Parquet file: {e}"));
+                    return Ok(true);
+                }
+            }
         }
     }
 }

@@ -6,8 +6,11 @@
 //! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
+pub mod features;
 pub mod generic;
+pub mod ingest;
 pub mod schema;
+pub mod simulate;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,6 +103,10 @@ impl Emitter {
         if batch.num_rows() > 0 {
             self.batches.push(batch);
         }
+    }
+    /// The batches emitted so far (for callers driving operators outside the runtime).
+    pub fn into_batches(self) -> Vec<RecordBatch> {
+        self.batches
     }
     pub fn fail(&mut self, unit: impl Into<String>, message: impl Into<String>) {
         self.failures.push(UnitFailure { unit: unit.into(), message: message.into() });
@@ -231,6 +238,11 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<generic::SinkCsv>(),
         entry::<generic::Select>(),
         entry::<generic::Filter>(),
+        entry::<simulate::SimulateGlif>(),
+        entry::<simulate::SimulateStg>(),
+        entry::<ingest::IngestAbf>(),
+        entry::<features::FeaturesSpikes>(),
+        entry::<features::FeaturesSweep>(),
     ]
 }
 

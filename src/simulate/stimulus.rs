@@ -1,0 +1,1323 @@
+//! Current-clamp stimulus protocols rendered as sampled currents in pA at an explicit sampling
+//! rate: the Allen Cell Types shapes (long square, short square and its triple, ramp, step series
+//! for F-I curves, and the "Noise 1/2" pink-noise sweep) plus generic white, pink and
+//! Ornstein-Uhlenbeck noise.
+//!
+//! A [`StimulusSpec`] is the user-facing, serde-tagged description (`protocol = "long_square"`,
+//! ...); [`StimulusSpec::render`] returns a `Vec<f64>`, [`StimulusSpec::fill`] writes into a slice
+//! whose length [`StimulusSpec::n_samples`] gives. The building blocks are plain slice kernels
+//! ([`fill_square`], [`fill_ramp`], [`fill_white_noise`], [`fill_pink_noise`],
+//! [`fill_ornstein_uhlenbeck`]).
+//!
+//! Time grid: sample k is at t = k / fs. A window [onset, onset + duration) covers the samples
+//! round(onset·fs) .. round((onset + duration)·fs) (end exclusive); rounding, not truncation,
+//! so that 1.02 s at 200 kHz is sample 204,000 even though 1.02·200000 is 203999.99999999997 in
+//! floating point. This matches the Allen metadata: a 1 s long square at 200 kHz spans 200,000
+//! samples and `ephys_sweeps.json` reports `stimulus_duration` = (last − first sample)/fs =
+//! 0.999995 s. Noise is seeded ([`rand::rngs::StdRng::seed_from_u64`]), so a spec renders the same
+//! samples on every run and thread count.
+
+use std::f64::consts::TAU;
+
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+
+/// Renders longer than this many samples are refused (a typo in a duration or rate must not
+/// allocate gigabytes): 2^30 samples = 8 GiB of f64.
+pub const MAX_SAMPLES: usize = 1 << 30;
+
+/// Errors of stimulus validation and rendering.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StimulusError {
+    #[error("stimulus `{protocol}`: field `{field}` is {value}: {reason}")]
+    Field {
+        protocol: &'static str,
+        field: &'static str,
+        value: f64,
+        reason: &'static str,
+    },
+    #[error("sampling rate {0} Hz must be finite and > 0")]
+    SampleRate(f64),
+    #[error("stimulus `{protocol}` would have {samples} samples (limit {MAX_SAMPLES})")]
+    TooLong {
+        protocol: &'static str,
+        samples: f64,
+    },
+    #[error("output slice has {got} samples, the stimulus has {expected}")]
+    Length { expected: usize, got: usize },
+}
+
+fn default_onset_allen_s() -> f64 {
+    1.02
+}
+fn default_noise_onset_s() -> f64 {
+    2.02
+}
+fn default_long_duration_s() -> f64 {
+    1.0
+}
+fn default_short_duration_s() -> f64 {
+    0.003
+}
+fn default_one() -> usize {
+    1
+}
+fn default_ramp_slope() -> f64 {
+    25.0
+}
+fn default_f_min() -> f64 {
+    1.0
+}
+fn default_f_max() -> f64 {
+    100.0
+}
+fn default_multipliers() -> Vec<f64> {
+    vec![0.75, 1.0, 1.5]
+}
+fn default_cv() -> f64 {
+    0.2
+}
+fn default_epoch_s() -> f64 {
+    3.0
+}
+fn default_epoch_period_s() -> f64 {
+    8.0
+}
+fn default_tail_s() -> f64 {
+    1.0
+}
+
+/// A stimulus protocol. Unless `total_s` is given, a rendered sweep ends `tail_s` after the
+/// stimulus (Allen sweeps record on after the stimulus, too).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "protocol", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StimulusSpec {
+    /// Allen "Long Square": one step of `amplitude_pa` for `duration_s`.
+    LongSquare {
+        /// Step amplitude above baseline [pA].
+        amplitude_pa: f64,
+        /// Step onset (Allen: 1.02 s) [s].
+        #[serde(default = "default_onset_allen_s")]
+        onset_s: f64,
+        /// Step duration (Allen: 1 s) [s].
+        #[serde(default = "default_long_duration_s")]
+        duration_s: f64,
+        /// Holding current outside the step [pA].
+        #[serde(default)]
+        baseline_pa: f64,
+        /// Sweep length; default: stimulus end + tail_s [s].
+        #[serde(default)]
+        total_s: Option<f64>,
+        /// Recording after the stimulus when total_s is not given [s].
+        #[serde(default = "default_tail_s")]
+        tail_s: f64,
+    },
+    /// Allen "Short Square" (3 ms) and, with `n_pulses` 3, "Short Square - Triple".
+    ShortSquare {
+        /// Pulse amplitude above baseline [pA].
+        amplitude_pa: f64,
+        /// Onset of the first pulse (Allen: 1.02 s; triple: 2.02 s) [s].
+        #[serde(default = "default_onset_allen_s")]
+        onset_s: f64,
+        /// Duration of each pulse (Allen: 3 ms) [s].
+        #[serde(default = "default_short_duration_s")]
+        duration_s: f64,
+        /// Number of pulses [1].
+        #[serde(default = "default_one")]
+        n_pulses: usize,
+        /// Onset-to-onset interval of the pulses, needed when n_pulses > 1 [s].
+        #[serde(default)]
+        interval_s: f64,
+        /// Holding current outside the pulses [pA].
+        #[serde(default)]
+        baseline_pa: f64,
+        /// Sweep length; default: stimulus end + tail_s [s].
+        #[serde(default)]
+        total_s: Option<f64>,
+        /// Recording after the stimulus when total_s is not given [s].
+        #[serde(default = "default_tail_s")]
+        tail_s: f64,
+    },
+    /// Allen "Ramp": start_pa + slope·(t − onset) from onset for duration_s.
+    Ramp {
+        /// Slope (Allen: 25 pA/s) [pA/s].
+        #[serde(default = "default_ramp_slope")]
+        slope_pa_per_s: f64,
+        /// Ramp onset (Allen: 1.02 s) [s].
+        #[serde(default = "default_onset_allen_s")]
+        onset_s: f64,
+        /// Ramp duration [s].
+        duration_s: f64,
+        /// Current above baseline at the onset sample [pA].
+        #[serde(default)]
+        start_pa: f64,
+        /// Holding current outside the ramp [pA].
+        #[serde(default)]
+        baseline_pa: f64,
+        /// Sweep length; default: stimulus end + tail_s [s].
+        #[serde(default)]
+        total_s: Option<f64>,
+        /// Recording after the stimulus when total_s is not given [s].
+        #[serde(default = "default_tail_s")]
+        tail_s: f64,
+    },
+    /// F-I protocol: `n_sweeps` long squares of first_pa, first_pa + step_pa, ..., rendered back to
+    /// back, each sweep `sweep_s` long (see [`StimulusSpec::n_sweeps`]).
+    StepSeries {
+        /// Amplitude of the first sweep [pA].
+        first_pa: f64,
+        /// Amplitude increment per sweep [pA].
+        step_pa: f64,
+        /// Number of sweeps [1].
+        n_sweeps: usize,
+        /// Step onset within each sweep [s].
+        #[serde(default = "default_onset_allen_s")]
+        onset_s: f64,
+        /// Step duration [s].
+        #[serde(default = "default_long_duration_s")]
+        duration_s: f64,
+        /// Length of each sweep; default: onset + duration + tail_s [s].
+        #[serde(default)]
+        sweep_s: Option<f64>,
+        /// Holding current outside the steps [pA].
+        #[serde(default)]
+        baseline_pa: f64,
+        /// Recording after each step when sweep_s is not given [s].
+        #[serde(default = "default_tail_s")]
+        tail_s: f64,
+    },
+    /// Gaussian white noise, independent per sample.
+    WhiteNoise {
+        /// Mean within the window [pA].
+        mean_pa: f64,
+        /// Standard deviation per sample [pA].
+        sd_pa: f64,
+        /// Seed of the StdRng stream [1].
+        seed: u64,
+        /// Window onset [s].
+        #[serde(default)]
+        onset_s: f64,
+        /// Window duration [s].
+        duration_s: f64,
+        /// Current outside the window [pA].
+        #[serde(default)]
+        baseline_pa: f64,
+        /// Sweep length; default: stimulus end + tail_s [s].
+        #[serde(default)]
+        total_s: Option<f64>,
+        /// Recording after the stimulus when total_s is not given [s].
+        #[serde(default = "default_tail_s")]
+        tail_s: f64,
+    },
+    /// Pink (1/f power) noise as the Allen Institute builds it: sines at f_min, f_min + f_step,
+    /// ..., f_max with amplitude 1/sqrt(f) and seeded uniform random phases, normalised to the
+    /// window's mean and standard deviation.
+    PinkNoise {
+        /// Mean within the window [pA].
+        mean_pa: f64,
+        /// Standard deviation within the window [pA].
+        sd_pa: f64,
+        /// Seed of the phases [1].
+        seed: u64,
+        /// Window onset [s].
+        #[serde(default)]
+        onset_s: f64,
+        /// Window duration [s].
+        duration_s: f64,
+        /// Lowest frequency [Hz].
+        #[serde(default = "default_f_min")]
+        f_min_hz: f64,
+        /// Highest frequency [Hz].
+        #[serde(default = "default_f_max")]
+        f_max_hz: f64,
+        /// Frequency spacing [Hz].
+        #[serde(default = "default_f_min")]
+        f_step_hz: f64,
+        /// Current outside the window [pA].
+        #[serde(default)]
+        baseline_pa: f64,
+        /// Sweep length; default: stimulus end + tail_s [s].
+        #[serde(default)]
+        total_s: Option<f64>,
+        /// Recording after the stimulus when total_s is not given [s].
+        #[serde(default = "default_tail_s")]
+        tail_s: f64,
+    },
+    /// Ornstein-Uhlenbeck noise, exact discretisation x[k] = a·x[k−1] + sd·sqrt(1 − a²)·w[k],
+    /// a = exp(−1/(fs·τ)), as the peer scripts (`make_trace.py`, `glif_configs.py`) make it.
+    OrnsteinUhlenbeck {
+        /// Mean [pA].
+        mean_pa: f64,
+        /// Stationary standard deviation [pA].
+        sd_pa: f64,
+        /// Correlation time [s].
+        tau_s: f64,
+        /// Seed of the StdRng stream [1].
+        seed: u64,
+        /// Window onset [s].
+        #[serde(default)]
+        onset_s: f64,
+        /// Window duration [s].
+        duration_s: f64,
+        /// Start from a stationary draw instead of x[−1] = 0 (the peers' convention) [bool].
+        #[serde(default)]
+        stationary_start: bool,
+        /// Current outside the window [pA].
+        #[serde(default)]
+        baseline_pa: f64,
+        /// Sweep length; default: stimulus end + tail_s [s].
+        #[serde(default)]
+        total_s: Option<f64>,
+        /// Recording after the stimulus when total_s is not given [s].
+        #[serde(default = "default_tail_s")]
+        tail_s: f64,
+    },
+    /// Allen "Noise 1" / "Noise 2": epochs of pink noise (CV 0.2) around multiples of rheobase,
+    /// separated by silence. Timing from `ephys_sweeps.json` (specimen 483101699, sweeps 62-68):
+    /// onset 2.02 s, 3 s epochs every 8 s, `stimulus_duration` 18.999995 s. The amplitude the
+    /// metadata lists (`stimulus_absolute_amplitude`) is the largest epoch's mean. The Allen
+    /// generator (`AllenInstitute/ephys_pink_noise`, `make_pink.py`) uses one pink waveform for all
+    /// epochs, sines of 1-100 Hz at 1 Hz spacing; "Noise 1" and "Noise 2" differ only in the phases,
+    /// here the seed.
+    AllenNoise {
+        /// Rheobase the epochs are scaled by [pA].
+        rheobase_pa: f64,
+        /// Epoch means as multiples of rheobase (study 3: 0.75, 1.0, 1.5) [1].
+        #[serde(default = "default_multipliers")]
+        multipliers: Vec<f64>,
+        /// Coefficient of variation within each epoch [1].
+        #[serde(default = "default_cv")]
+        cv: f64,
+        /// Seed of the phases [1].
+        seed: u64,
+        /// Onset of the first epoch [s].
+        #[serde(default = "default_noise_onset_s")]
+        onset_s: f64,
+        /// Epoch duration [s].
+        #[serde(default = "default_epoch_s")]
+        epoch_s: f64,
+        /// Onset-to-onset interval of the epochs [s].
+        #[serde(default = "default_epoch_period_s")]
+        epoch_period_s: f64,
+        /// Lowest frequency [Hz].
+        #[serde(default = "default_f_min")]
+        f_min_hz: f64,
+        /// Highest frequency [Hz].
+        #[serde(default = "default_f_max")]
+        f_max_hz: f64,
+        /// Current outside the epochs [pA].
+        #[serde(default)]
+        baseline_pa: f64,
+        /// Sweep length; default: stimulus end + tail_s [s].
+        #[serde(default)]
+        total_s: Option<f64>,
+        /// Recording after the stimulus when total_s is not given [s].
+        #[serde(default = "default_tail_s")]
+        tail_s: f64,
+    },
+}
+
+/// Sample index of time t: round(t·fs), see the module doc.
+pub fn sample_index(t_s: f64, sample_rate_hz: f64) -> usize {
+    (t_s * sample_rate_hz).round().max(0.0) as usize
+}
+
+/// Sets `out[start..end]` (clipped to the slice) to `amplitude_pa`.
+pub fn fill_square(out: &mut [f64], start: usize, end: usize, amplitude_pa: f64) {
+    let end = end.min(out.len());
+    if start < end {
+        out[start..end].fill(amplitude_pa);
+    }
+}
+
+/// `out[start + j] = start_pa + slope_pa_per_s · j / fs` for the window (clipped to the slice).
+pub fn fill_ramp(
+    out: &mut [f64],
+    start: usize,
+    end: usize,
+    start_pa: f64,
+    slope_pa_per_s: f64,
+    fs: f64,
+) {
+    let end = end.min(out.len());
+    for (j, x) in out
+        .get_mut(start..end)
+        .unwrap_or_default()
+        .iter_mut()
+        .enumerate()
+    {
+        *x = start_pa + slope_pa_per_s * (j as f64 / fs);
+    }
+}
+
+/// Independent N(mean, sd²) samples from `rng`.
+pub fn fill_white_noise(out: &mut [f64], mean_pa: f64, sd_pa: f64, rng: &mut StdRng) {
+    for x in out {
+        let w: f64 = rng.sample(StandardNormal);
+        *x = mean_pa + sd_pa * w;
+    }
+}
+
+/// Ornstein-Uhlenbeck samples at interval dt_s: x[k] = a·x[k−1] + sd·sqrt(1−a²)·w[k] with
+/// a = exp(−dt/τ), w ~ N(0, 1), output mean + x. This is the exact transition of the continuous
+/// process (no Euler error at any dt), which is also what the peer scripts use. `x_prev` is
+/// x[−1]: 0 for the peers' convention, or a stationary draw sd·w.
+pub fn fill_ornstein_uhlenbeck(
+    out: &mut [f64],
+    mean_pa: f64,
+    sd_pa: f64,
+    tau_s: f64,
+    dt_s: f64,
+    x_prev: f64,
+    rng: &mut StdRng,
+) {
+    let a = (-dt_s / tau_s).exp();
+    let b = sd_pa * (1.0 - a * a).sqrt();
+    let mut x = x_prev;
+    for y in out {
+        let w: f64 = rng.sample(StandardNormal);
+        x = a * x + b * w;
+        *y = mean_pa + x;
+    }
+}
+
+/// Zero-mean, unit-sd pink noise by the Allen recipe: Σ_f f^(−1/2)·sin(2π f t + φ_f) over
+/// f = f_min, f_min + f_step, ..., f_max (φ_f uniform in [0, 2π) from `rng`, drawn in frequency
+/// order), t = j/fs from the window start, then the window's own mean is subtracted and it is
+/// divided by its standard deviation (ddof 0, as `np.std`). When fs/f_step is a whole number of
+/// samples the sum is periodic with that period, so one period is computed and tiled.
+pub fn fill_pink_noise(
+    out: &mut [f64],
+    fs: f64,
+    f_min_hz: f64,
+    f_max_hz: f64,
+    f_step_hz: f64,
+    rng: &mut StdRng,
+) {
+    let n_freq = ((f_max_hz - f_min_hz) / f_step_hz + 1e-9).floor() as usize + 1;
+    // (frequency, amplitude, phase), phases drawn once in frequency order
+    let comps: Vec<(f64, f64, f64)> = (0..n_freq)
+        .map(|i| {
+            let f = f_min_hz + i as f64 * f_step_hz;
+            let phase = rng.random_range(0.0..TAU);
+            (f, 1.0 / f.sqrt(), phase)
+        })
+        .collect();
+    let value = |j: usize| {
+        let t = j as f64 / fs;
+        comps
+            .iter()
+            .map(|&(f, a, p)| a * (TAU * f * t + p).sin())
+            .sum::<f64>()
+    };
+    let period = fs / f_step_hz;
+    let integral_period = (period - period.round()).abs() < 1e-9
+        && f_min_hz / f_step_hz == (f_min_hz / f_step_hz).round();
+    if integral_period && (period.round() as usize) < out.len() {
+        let p = period.round() as usize;
+        for (j, x) in out[..p].iter_mut().enumerate() {
+            *x = value(j);
+        }
+        for j in p..out.len() {
+            out[j] = out[j - p];
+        }
+    } else {
+        for (j, x) in out.iter_mut().enumerate() {
+            *x = value(j);
+        }
+    }
+    let n = out.len() as f64;
+    if out.is_empty() {
+        return;
+    }
+    let mean = out.iter().sum::<f64>() / n;
+    let sd = (out.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+    let inv = if sd > 0.0 { 1.0 / sd } else { 0.0 };
+    for x in out.iter_mut() {
+        *x = (*x - mean) * inv;
+    }
+}
+
+impl StimulusSpec {
+    /// The protocol name as written in configs.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            StimulusSpec::LongSquare { .. } => "long_square",
+            StimulusSpec::ShortSquare { .. } => "short_square",
+            StimulusSpec::Ramp { .. } => "ramp",
+            StimulusSpec::StepSeries { .. } => "step_series",
+            StimulusSpec::WhiteNoise { .. } => "white_noise",
+            StimulusSpec::PinkNoise { .. } => "pink_noise",
+            StimulusSpec::OrnsteinUhlenbeck { .. } => "ornstein_uhlenbeck",
+            StimulusSpec::AllenNoise { .. } => "allen_noise",
+        }
+    }
+
+    /// Number of sweeps the protocol renders back to back (the step series; 1 for the others).
+    pub fn n_sweeps(&self) -> usize {
+        match self {
+            StimulusSpec::StepSeries { n_sweeps, .. } => *n_sweeps,
+            _ => 1,
+        }
+    }
+
+    fn err(&self, field: &'static str, value: f64, reason: &'static str) -> StimulusError {
+        StimulusError::Field {
+            protocol: self.protocol(),
+            field,
+            value,
+            reason,
+        }
+    }
+
+    /// End time of the stimulus proper (last window end) [s].
+    fn stimulus_end_s(&self) -> f64 {
+        match self {
+            StimulusSpec::LongSquare {
+                onset_s,
+                duration_s,
+                ..
+            }
+            | StimulusSpec::Ramp {
+                onset_s,
+                duration_s,
+                ..
+            }
+            | StimulusSpec::WhiteNoise {
+                onset_s,
+                duration_s,
+                ..
+            }
+            | StimulusSpec::PinkNoise {
+                onset_s,
+                duration_s,
+                ..
+            }
+            | StimulusSpec::OrnsteinUhlenbeck {
+                onset_s,
+                duration_s,
+                ..
+            }
+            | StimulusSpec::StepSeries {
+                onset_s,
+                duration_s,
+                ..
+            } => onset_s + duration_s,
+            StimulusSpec::ShortSquare {
+                onset_s,
+                duration_s,
+                n_pulses,
+                interval_s,
+                ..
+            } => onset_s + (n_pulses.saturating_sub(1)) as f64 * interval_s + duration_s,
+            StimulusSpec::AllenNoise {
+                onset_s,
+                epoch_s,
+                epoch_period_s,
+                multipliers,
+                ..
+            } => onset_s + (multipliers.len().saturating_sub(1)) as f64 * epoch_period_s + epoch_s,
+        }
+    }
+
+    /// Length of one sweep [s].
+    fn sweep_length_s(&self) -> f64 {
+        let (total, tail) = match self {
+            StimulusSpec::LongSquare {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::ShortSquare {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::Ramp {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::WhiteNoise {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::PinkNoise {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::OrnsteinUhlenbeck {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::AllenNoise {
+                total_s, tail_s, ..
+            } => (*total_s, *tail_s),
+            StimulusSpec::StepSeries {
+                sweep_s, tail_s, ..
+            } => (*sweep_s, *tail_s),
+        };
+        total.unwrap_or(self.stimulus_end_s() + tail)
+    }
+
+    /// Checks every field for finiteness and physical sense.
+    pub fn validate(&self) -> Result<(), StimulusError> {
+        let mut finite: Vec<(&'static str, f64)> = Vec::new();
+        let mut nonneg: Vec<(&'static str, f64)> = Vec::new();
+        let mut positive: Vec<(&'static str, f64)> = Vec::new();
+        let (total, tail) = match self {
+            StimulusSpec::LongSquare {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::ShortSquare {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::Ramp {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::WhiteNoise {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::PinkNoise {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::OrnsteinUhlenbeck {
+                total_s, tail_s, ..
+            }
+            | StimulusSpec::AllenNoise {
+                total_s, tail_s, ..
+            } => (*total_s, *tail_s),
+            StimulusSpec::StepSeries {
+                sweep_s, tail_s, ..
+            } => (*sweep_s, *tail_s),
+        };
+        nonneg.push(("tail_s", tail));
+        if let Some(t) = total {
+            positive.push(("total_s", t));
+        }
+        match self {
+            StimulusSpec::LongSquare {
+                amplitude_pa,
+                onset_s,
+                duration_s,
+                baseline_pa,
+                ..
+            } => {
+                finite.extend([
+                    ("amplitude_pa", *amplitude_pa),
+                    ("baseline_pa", *baseline_pa),
+                ]);
+                nonneg.extend([("onset_s", *onset_s), ("duration_s", *duration_s)]);
+            }
+            StimulusSpec::ShortSquare {
+                amplitude_pa,
+                onset_s,
+                duration_s,
+                n_pulses,
+                interval_s,
+                baseline_pa,
+                ..
+            } => {
+                finite.extend([
+                    ("amplitude_pa", *amplitude_pa),
+                    ("baseline_pa", *baseline_pa),
+                ]);
+                nonneg.extend([
+                    ("onset_s", *onset_s),
+                    ("duration_s", *duration_s),
+                    ("interval_s", *interval_s),
+                ]);
+                if *n_pulses == 0 {
+                    return Err(self.err("n_pulses", 0.0, "must be >= 1"));
+                }
+                if *n_pulses > 1 && interval_s < duration_s {
+                    return Err(self.err(
+                        "interval_s",
+                        *interval_s,
+                        "pulses overlap: must be >= duration_s",
+                    ));
+                }
+            }
+            StimulusSpec::Ramp {
+                slope_pa_per_s,
+                onset_s,
+                duration_s,
+                start_pa,
+                baseline_pa,
+                ..
+            } => {
+                finite.extend([
+                    ("slope_pa_per_s", *slope_pa_per_s),
+                    ("start_pa", *start_pa),
+                    ("baseline_pa", *baseline_pa),
+                ]);
+                nonneg.extend([("onset_s", *onset_s), ("duration_s", *duration_s)]);
+            }
+            StimulusSpec::StepSeries {
+                first_pa,
+                step_pa,
+                n_sweeps,
+                onset_s,
+                duration_s,
+                baseline_pa,
+                ..
+            } => {
+                finite.extend([
+                    ("first_pa", *first_pa),
+                    ("step_pa", *step_pa),
+                    ("baseline_pa", *baseline_pa),
+                ]);
+                nonneg.extend([("onset_s", *onset_s), ("duration_s", *duration_s)]);
+                if *n_sweeps == 0 {
+                    return Err(self.err("n_sweeps", 0.0, "must be >= 1"));
+                }
+            }
+            StimulusSpec::WhiteNoise {
+                mean_pa,
+                sd_pa,
+                onset_s,
+                duration_s,
+                baseline_pa,
+                ..
+            } => {
+                finite.extend([("mean_pa", *mean_pa), ("baseline_pa", *baseline_pa)]);
+                nonneg.extend([
+                    ("sd_pa", *sd_pa),
+                    ("onset_s", *onset_s),
+                    ("duration_s", *duration_s),
+                ]);
+            }
+            StimulusSpec::PinkNoise {
+                mean_pa,
+                sd_pa,
+                onset_s,
+                duration_s,
+                f_min_hz,
+                f_max_hz,
+                f_step_hz,
+                baseline_pa,
+                ..
+            } => {
+                finite.extend([("mean_pa", *mean_pa), ("baseline_pa", *baseline_pa)]);
+                nonneg.extend([
+                    ("sd_pa", *sd_pa),
+                    ("onset_s", *onset_s),
+                    ("duration_s", *duration_s),
+                ]);
+                positive.extend([("f_min_hz", *f_min_hz), ("f_step_hz", *f_step_hz)]);
+                if f_max_hz.is_nan() || f_max_hz < f_min_hz {
+                    return Err(self.err("f_max_hz", *f_max_hz, "must be >= f_min_hz"));
+                }
+                if (f_max_hz - f_min_hz) / f_step_hz > 1e6 {
+                    return Err(self.err("f_step_hz", *f_step_hz, "more than a million sines"));
+                }
+            }
+            StimulusSpec::OrnsteinUhlenbeck {
+                mean_pa,
+                sd_pa,
+                tau_s,
+                onset_s,
+                duration_s,
+                baseline_pa,
+                ..
+            } => {
+                finite.extend([("mean_pa", *mean_pa), ("baseline_pa", *baseline_pa)]);
+                nonneg.extend([
+                    ("sd_pa", *sd_pa),
+                    ("onset_s", *onset_s),
+                    ("duration_s", *duration_s),
+                ]);
+                positive.push(("tau_s", *tau_s));
+            }
+            StimulusSpec::AllenNoise {
+                rheobase_pa,
+                multipliers,
+                cv,
+                onset_s,
+                epoch_s,
+                epoch_period_s,
+                f_min_hz,
+                f_max_hz,
+                baseline_pa,
+                ..
+            } => {
+                finite.extend([("rheobase_pa", *rheobase_pa), ("baseline_pa", *baseline_pa)]);
+                finite.extend(multipliers.iter().map(|&m| ("multipliers", m)));
+                nonneg.extend([("cv", *cv), ("onset_s", *onset_s)]);
+                positive.extend([("epoch_s", *epoch_s), ("f_min_hz", *f_min_hz)]);
+                if multipliers.is_empty() {
+                    return Err(self.err("multipliers", 0.0, "needs at least one epoch"));
+                }
+                if epoch_period_s.is_nan() || epoch_period_s < epoch_s {
+                    return Err(self.err(
+                        "epoch_period_s",
+                        *epoch_period_s,
+                        "epochs overlap: must be >= epoch_s",
+                    ));
+                }
+                if f_max_hz.is_nan() || f_max_hz < f_min_hz || f_max_hz - f_min_hz > 1e6 {
+                    return Err(self.err(
+                        "f_max_hz",
+                        *f_max_hz,
+                        "must be >= f_min_hz (and < 1e6 sines)",
+                    ));
+                }
+            }
+        }
+        for (field, v) in finite {
+            if !v.is_finite() {
+                return Err(self.err(field, v, "not a finite number"));
+            }
+        }
+        for (field, v) in nonneg {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(self.err(field, v, "must be finite and >= 0"));
+            }
+        }
+        for (field, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(self.err(field, v, "must be finite and > 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples of one sweep.
+    fn sweep_samples(&self, fs: f64) -> Result<usize, StimulusError> {
+        if !(fs.is_finite() && fs > 0.0) {
+            return Err(StimulusError::SampleRate(fs));
+        }
+        let n = (self.sweep_length_s() * fs).round();
+        if !(n.is_finite() && n >= 0.0 && n * self.n_sweeps() as f64 <= MAX_SAMPLES as f64) {
+            return Err(StimulusError::TooLong {
+                protocol: self.protocol(),
+                samples: n * self.n_sweeps() as f64,
+            });
+        }
+        Ok(n as usize)
+    }
+
+    /// Samples of one sweep (a step series renders [`StimulusSpec::n_sweeps`] of them back to back).
+    pub fn samples_per_sweep(&self, sample_rate_hz: f64) -> Result<usize, StimulusError> {
+        self.validate()?;
+        self.sweep_samples(sample_rate_hz)
+    }
+
+    /// Total number of samples [`StimulusSpec::render`] produces at `sample_rate_hz`.
+    pub fn n_samples(&self, sample_rate_hz: f64) -> Result<usize, StimulusError> {
+        self.validate()?;
+        Ok(self.sweep_samples(sample_rate_hz)? * self.n_sweeps())
+    }
+
+    /// Renders the protocol in pA at `sample_rate_hz`.
+    pub fn render(&self, sample_rate_hz: f64) -> Result<Vec<f64>, StimulusError> {
+        let n = self.n_samples(sample_rate_hz)?;
+        let mut out = vec![0.0; n];
+        self.fill(sample_rate_hz, &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes the protocol into `out`, whose length must be [`StimulusSpec::n_samples`].
+    pub fn fill(&self, sample_rate_hz: f64, out: &mut [f64]) -> Result<(), StimulusError> {
+        let expected = self.n_samples(sample_rate_hz)?;
+        if out.len() != expected {
+            return Err(StimulusError::Length {
+                expected,
+                got: out.len(),
+            });
+        }
+        let fs = sample_rate_hz;
+        let idx = |t: f64| sample_index(t, fs);
+        let window = |on: f64, dur: f64| (idx(on), idx(on + dur));
+        match self {
+            StimulusSpec::LongSquare {
+                amplitude_pa,
+                onset_s,
+                duration_s,
+                baseline_pa,
+                ..
+            } => {
+                out.fill(*baseline_pa);
+                let (a, b) = window(*onset_s, *duration_s);
+                fill_square(out, a, b, baseline_pa + amplitude_pa);
+            }
+            StimulusSpec::ShortSquare {
+                amplitude_pa,
+                onset_s,
+                duration_s,
+                n_pulses,
+                interval_s,
+                baseline_pa,
+                ..
+            } => {
+                out.fill(*baseline_pa);
+                for p in 0..*n_pulses {
+                    let (a, b) = window(onset_s + p as f64 * interval_s, *duration_s);
+                    fill_square(out, a, b, baseline_pa + amplitude_pa);
+                }
+            }
+            StimulusSpec::Ramp {
+                slope_pa_per_s,
+                onset_s,
+                duration_s,
+                start_pa,
+                baseline_pa,
+                ..
+            } => {
+                out.fill(*baseline_pa);
+                let (a, b) = window(*onset_s, *duration_s);
+                fill_ramp(out, a, b, baseline_pa + start_pa, *slope_pa_per_s, fs);
+            }
+            StimulusSpec::StepSeries {
+                first_pa,
+                step_pa,
+                onset_s,
+                duration_s,
+                baseline_pa,
+                ..
+            } => {
+                out.fill(*baseline_pa);
+                let per = expected / self.n_sweeps().max(1);
+                let (a, b) = window(*onset_s, *duration_s);
+                for (i, sweep) in out.chunks_mut(per.max(1)).enumerate() {
+                    fill_square(sweep, a, b, baseline_pa + first_pa + i as f64 * step_pa);
+                }
+            }
+            StimulusSpec::WhiteNoise {
+                mean_pa,
+                sd_pa,
+                seed,
+                onset_s,
+                duration_s,
+                baseline_pa,
+                ..
+            } => {
+                out.fill(*baseline_pa);
+                let (a, b) = window(*onset_s, *duration_s);
+                let mut rng = StdRng::seed_from_u64(*seed);
+                if let Some(w) = out.get_mut(a..b.min(expected)) {
+                    fill_white_noise(w, *mean_pa, *sd_pa, &mut rng);
+                }
+            }
+            StimulusSpec::PinkNoise {
+                mean_pa,
+                sd_pa,
+                seed,
+                onset_s,
+                duration_s,
+                f_min_hz,
+                f_max_hz,
+                f_step_hz,
+                baseline_pa,
+                ..
+            } => {
+                out.fill(*baseline_pa);
+                let (a, b) = window(*onset_s, *duration_s);
+                let mut rng = StdRng::seed_from_u64(*seed);
+                if let Some(w) = out.get_mut(a..b.min(expected)) {
+                    fill_pink_noise(w, fs, *f_min_hz, *f_max_hz, *f_step_hz, &mut rng);
+                    for x in w {
+                        *x = mean_pa + sd_pa * *x;
+                    }
+                }
+            }
+            StimulusSpec::OrnsteinUhlenbeck {
+                mean_pa,
+                sd_pa,
+                tau_s,
+                seed,
+                onset_s,
+                duration_s,
+                stationary_start,
+                baseline_pa,
+                ..
+            } => {
+                out.fill(*baseline_pa);
+                let (a, b) = window(*onset_s, *duration_s);
+                let mut rng = StdRng::seed_from_u64(*seed);
+                let x_prev = if *stationary_start {
+                    let w: f64 = rng.sample(StandardNormal);
+                    sd_pa * w
+                } else {
+                    0.0
+                };
+                if let Some(w) = out.get_mut(a..b.min(expected)) {
+                    fill_ornstein_uhlenbeck(
+                        w,
+                        *mean_pa,
+                        *sd_pa,
+                        *tau_s,
+                        1.0 / fs,
+                        x_prev,
+                        &mut rng,
+                    );
+                }
+            }
+            StimulusSpec::AllenNoise {
+                rheobase_pa,
+                multipliers,
+                cv,
+                seed,
+                onset_s,
+                epoch_s,
+                epoch_period_s,
+                f_min_hz,
+                f_max_hz,
+                baseline_pa,
+                ..
+            } => {
+                out.fill(*baseline_pa);
+                // One unit pink waveform, reused for every epoch (as make_pink.py does).
+                let len = idx(*epoch_s);
+                let mut unit = vec![0.0; len];
+                let mut rng = StdRng::seed_from_u64(*seed);
+                fill_pink_noise(&mut unit, fs, *f_min_hz, *f_max_hz, 1.0, &mut rng);
+                for (e, &mult) in multipliers.iter().enumerate() {
+                    let start = idx(onset_s + e as f64 * epoch_period_s);
+                    let mean = mult * rheobase_pa;
+                    let end = (start + len).min(expected);
+                    if start < end {
+                        for (x, z) in out[start..end].iter_mut().zip(&unit) {
+                            *x = baseline_pa + mean * (1.0 + cv * z);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Allen sweep metadata (specimen 483101699), copied from `ephys_sweeps.json`, see
+    /// `tests/fixtures/hh/README.md`.
+    fn allen_sweeps() -> Vec<serde_json::Value> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/hh/allen_483101699_sweep_timing.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+    fn sweep(n: u64) -> serde_json::Value {
+        allen_sweeps()
+            .into_iter()
+            .find(|s| s["sweep_number"] == n)
+            .unwrap()
+    }
+    /// First and last sample that differ from the baseline.
+    fn support(x: &[f64], baseline: f64) -> (usize, usize) {
+        let first = x.iter().position(|&v| v != baseline).unwrap();
+        let last = x.iter().rposition(|&v| v != baseline).unwrap();
+        (first, last)
+    }
+    const FS_ALLEN: f64 = 200_000.0;
+
+    /// Allen's metadata: start = first stimulus sample / fs, duration = (last − first) / fs.
+    fn assert_allen_timing(x: &[f64], baseline: f64, meta: &serde_json::Value) {
+        let (first, last) = support(x, baseline);
+        let start = meta["stimulus_start_time"].as_f64().unwrap();
+        let duration = meta["stimulus_duration"].as_f64().unwrap();
+        assert_eq!(
+            first,
+            (start * FS_ALLEN).round() as usize,
+            "{}",
+            meta["stimulus_name"]
+        );
+        assert!(
+            ((last - first) as f64 / FS_ALLEN - duration).abs() < 1e-9,
+            "{}",
+            meta["stimulus_name"]
+        );
+    }
+
+    #[test]
+    fn squares_match_allen_sweep_timing() {
+        let meta = sweep(36); // Long Square, -110 pA
+        let amp = meta["stimulus_absolute_amplitude"].as_f64().unwrap();
+        let spec: StimulusSpec = serde_json::from_str(&format!(
+            r#"{{"protocol": "long_square", "amplitude_pa": {amp}}}"#
+        ))
+        .unwrap();
+        let x = spec.render(FS_ALLEN).unwrap();
+        assert_allen_timing(&x, 0.0, &meta);
+        assert_eq!(x.len(), (3.02 * FS_ALLEN).round() as usize); // 1.02 + 1 + 1 s tail
+        assert_eq!(
+            (x[203_999], x[204_000], x[403_999], x[404_000]),
+            (0.0, amp, amp, 0.0)
+        );
+
+        let meta = sweep(7); // Short Square, 3 ms
+        let spec: StimulusSpec =
+            serde_json::from_str(r#"{"protocol": "short_square", "amplitude_pa": 100}"#).unwrap();
+        let x = spec.render(FS_ALLEN).unwrap();
+        assert_allen_timing(&x, 0.0, &meta);
+        assert_eq!(x.iter().filter(|&&v| v == 100.0).count(), 600);
+
+        for n in [87, 88] {
+            // Short Square - Triple: three 3 ms pulses, onset-to-onset `stimulus_interval`
+            let meta = sweep(n);
+            let interval = meta["stimulus_interval"].as_f64().unwrap();
+            let spec = StimulusSpec::ShortSquare {
+                amplitude_pa: meta["stimulus_absolute_amplitude"].as_f64().unwrap(),
+                onset_s: 2.02,
+                duration_s: 0.003,
+                n_pulses: 3,
+                interval_s: interval,
+                baseline_pa: 0.0,
+                total_s: None,
+                tail_s: 1.0,
+            };
+            let x = spec.render(FS_ALLEN).unwrap();
+            assert_allen_timing(&x, 0.0, &meta);
+            assert_eq!(x.iter().filter(|&&v| v != 0.0).count(), 1800);
+        }
+    }
+
+    #[test]
+    fn ramp_matches_allen_sweep() {
+        // Allen ramp: 25 pA/s from 1.02 s; the metadata's start (1.0225 s) is the first sample the
+        // DAC made non-zero, so only the end is compared: last sample at start + duration, and its
+        // value the listed amplitude (800 pA after 32 s).
+        let meta = sweep(4);
+        let spec: StimulusSpec =
+            serde_json::from_str(r#"{"protocol": "ramp", "duration_s": 32.0, "tail_s": 0.5}"#)
+                .unwrap();
+        let x = spec.render(FS_ALLEN).unwrap();
+        let (first, last) = support(&x, 0.0);
+        assert_eq!(first, 204_001); // sample 204,000 is the ramp's 0 pA start
+        let end = meta["stimulus_start_time"].as_f64().unwrap()
+            + meta["stimulus_duration"].as_f64().unwrap();
+        assert!((last as f64 / FS_ALLEN - end).abs() < 1e-9);
+        let amp = meta["stimulus_absolute_amplitude"].as_f64().unwrap();
+        assert!((x[last] - amp).abs() < 0.01, "{} vs {amp}", x[last]);
+        assert!((x[204_000 + 40_000] - 5.0).abs() < 1e-12); // 0.2 s in: 5 pA
+    }
+
+    #[test]
+    fn allen_noise_epochs_match_noise_sweeps() {
+        for n in [62, 63] {
+            let meta = sweep(n);
+            assert_eq!(meta["stimulus_interval"].as_f64(), Some(8.0));
+            // the listed amplitude is the largest epoch's mean, 1.5 × rheobase
+            let rheobase = meta["stimulus_absolute_amplitude"].as_f64().unwrap() / 1.5;
+            let spec: StimulusSpec = serde_json::from_str(&format!(
+                r#"{{"protocol": "allen_noise", "rheobase_pa": {rheobase}, "seed": {n}}}"#
+            ))
+            .unwrap();
+            let x = spec.render(FS_ALLEN).unwrap();
+            assert_allen_timing(&x, 0.0, &meta);
+            for (e, mult) in [0.75, 1.0, 1.5].into_iter().enumerate() {
+                let a = 404_000 + e * 1_600_000;
+                let epoch = &x[a..a + 600_000];
+                assert!(x[a - 1] == 0.0 && x[a + 600_000] == 0.0);
+                let mean = epoch.iter().sum::<f64>() / 600_000.0;
+                let sd = (epoch.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 600_000.0).sqrt();
+                assert!((mean - mult * rheobase).abs() < 1e-9 * rheobase);
+                assert!((sd / mean - 0.2).abs() < 1e-9, "CV {}", sd / mean);
+            }
+            if n == 63 {
+                assert_eq!(
+                    meta["stimulus_absolute_amplitude"].as_f64().unwrap(),
+                    347.625012109276
+                );
+            }
+        }
+    }
+
+    /// Amplitude of the component at f (single-bin DFT over whole periods).
+    fn amplitude_at(x: &[f64], fs: f64, f: f64) -> f64 {
+        let (mut re, mut im) = (0.0, 0.0);
+        for (j, v) in x.iter().enumerate() {
+            let ph = TAU * f * j as f64 / fs;
+            re += v * ph.cos();
+            im += v * ph.sin();
+        }
+        2.0 * (re * re + im * im).sqrt() / x.len() as f64
+    }
+
+    #[test]
+    fn pink_noise_has_one_over_f_power() {
+        let spec: StimulusSpec = serde_json::from_str(
+            r#"{"protocol": "pink_noise", "mean_pa": 50, "sd_pa": 10, "seed": 7, "duration_s": 2.0, "total_s": 2.0}"#,
+        )
+        .unwrap();
+        let fs = 2_000.0;
+        let x = spec.render(fs).unwrap();
+        let mean = x.iter().sum::<f64>() / x.len() as f64;
+        let sd = (x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
+        assert!((mean - 50.0).abs() < 1e-9 && (sd - 10.0).abs() < 1e-9);
+        // power ∝ 1/f: amplitude ∝ f^(-1/2); nothing outside 1..100 Hz or between the 1 Hz lines
+        let a1 = amplitude_at(&x, fs, 1.0);
+        for f in [4.0, 25.0, 100.0] {
+            let ratio = amplitude_at(&x, fs, f) / a1;
+            assert!((ratio - 1.0 / f64::sqrt(f)).abs() < 1e-9, "f {f}: {ratio}");
+        }
+        assert!(amplitude_at(&x, fs, 150.0) < 1e-9 * a1);
+        assert!(amplitude_at(&x, fs, 10.5) < 1e-9 * a1);
+        // the tiled period equals the direct sum (fs/f_step = 2000 samples)
+        let direct = (0..x.len()).map(|j| x[j % 2000]).collect::<Vec<_>>();
+        assert_eq!(x, direct);
+    }
+
+    #[test]
+    fn ornstein_uhlenbeck_statistics() {
+        // 200 s at 10 kHz, τ = 5 ms: ~2·10^4 correlation times, so the standard errors are about
+        // sd·sqrt(2τ/T) = 0.7% of sd for the mean, ~0.7% for the sd and ~0.01 for the
+        // autocorrelation; tolerances are 4-5 standard errors.
+        let (mean, sd, tau) = (80.0, 60.0, 0.005);
+        let spec = StimulusSpec::OrnsteinUhlenbeck {
+            mean_pa: mean,
+            sd_pa: sd,
+            tau_s: tau,
+            seed: 12345,
+            onset_s: 0.0,
+            duration_s: 200.0,
+            stationary_start: true,
+            baseline_pa: 0.0,
+            total_s: Some(200.0),
+            tail_s: 0.0,
+        };
+        let fs = 10_000.0;
+        let x = spec.render(fs).unwrap();
+        let n = x.len() as f64;
+        let m = x.iter().sum::<f64>() / n;
+        let s = (x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((m - mean).abs() < 0.03 * sd, "mean {m}");
+        assert!((s / sd - 1.0).abs() < 0.03, "sd {s}");
+        let acf = |lag: usize| {
+            x.iter()
+                .zip(&x[lag..])
+                .map(|(a, b)| (a - m) * (b - m))
+                .sum::<f64>()
+                / (n - lag as f64)
+                / (s * s)
+        };
+        for lag in [1usize, 50, 100] {
+            let expected = (-(lag as f64) / (fs * tau)).exp();
+            assert!(
+                (acf(lag) - expected).abs() < 0.05,
+                "lag {lag}: {} vs {expected}",
+                acf(lag)
+            );
+        }
+        // White noise: no correlation at lag 1.
+        let w = StimulusSpec::WhiteNoise {
+            mean_pa: 0.0,
+            sd_pa: 1.0,
+            seed: 3,
+            onset_s: 0.0,
+            duration_s: 10.0,
+            baseline_pa: 0.0,
+            total_s: None,
+            tail_s: 0.0,
+        }
+        .render(fs)
+        .unwrap();
+        let lag1 = w.iter().zip(&w[1..]).map(|(a, b)| a * b).sum::<f64>() / w.len() as f64;
+        assert!(
+            lag1.abs() < 0.05 && (w.iter().map(|v| v * v).sum::<f64>() / 1e5 - 1.0).abs() < 0.03
+        );
+    }
+
+    #[test]
+    fn ou_peer_convention_starts_from_zero_and_seeds_repeat() {
+        let spec = StimulusSpec::OrnsteinUhlenbeck {
+            mean_pa: 0.0,
+            sd_pa: 10.0,
+            tau_s: 0.005,
+            seed: 1,
+            onset_s: 0.5,
+            duration_s: 0.5,
+            stationary_start: false,
+            baseline_pa: 0.0,
+            total_s: Some(1.0),
+            tail_s: 0.0,
+        };
+        let x = spec.render(20_000.0).unwrap();
+        assert_eq!(x, spec.render(20_000.0).unwrap());
+        assert!(x[..10_000].iter().all(|&v| v == 0.0));
+        // x[0] = sd·sqrt(1 − a²)·w with a = exp(−dt/τ) = exp(−0.01): one innovation (sd 1.4 pA)
+        assert!(x[10_000] != 0.0 && x[10_000].abs() < 10.0 * (1.0 - (-0.02f64).exp()).sqrt() * 5.0);
+    }
+
+    #[test]
+    fn step_series_renders_sweeps_back_to_back() {
+        let spec: StimulusSpec = serde_json::from_str(
+            r#"{"protocol": "step_series", "first_pa": -110, "step_pa": 20, "n_sweeps": 4, "sweep_s": 3.0}"#,
+        )
+        .unwrap();
+        let fs = 10_000.0;
+        assert_eq!(
+            (spec.n_sweeps(), spec.samples_per_sweep(fs).unwrap()),
+            (4, 30_000)
+        );
+        let x = spec.render(fs).unwrap();
+        assert_eq!(x.len(), 4 * 30_000);
+        for i in 0..4 {
+            let s = &x[i * 30_000..(i + 1) * 30_000];
+            let amp = -110.0 + 20.0 * i as f64;
+            assert_eq!(
+                (s[10_199], s[10_200], s[20_199], s[20_200]),
+                (0.0, amp, amp, 0.0)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        let bad = [
+            r#"{"protocol": "long_square", "amplitude_pa": 10, "onset": 1}"#,
+            r#"{"protocol": "long_square"}"#,
+            r#"{"protocol": "square", "amplitude_pa": 10}"#,
+        ];
+        for b in bad {
+            assert!(serde_json::from_str::<StimulusSpec>(b).is_err(), "{b}");
+        }
+        let ls = |d: f64| StimulusSpec::LongSquare {
+            amplitude_pa: 10.0,
+            onset_s: 0.1,
+            duration_s: d,
+            baseline_pa: 0.0,
+            total_s: None,
+            tail_s: 0.1,
+        };
+        assert!(matches!(
+            ls(-1.0).render(1e3),
+            Err(StimulusError::Field {
+                field: "duration_s",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ls(f64::NAN).render(1e3),
+            Err(StimulusError::Field { .. })
+        ));
+        assert!(matches!(
+            ls(1.0).render(0.0),
+            Err(StimulusError::SampleRate(_))
+        ));
+        assert!(matches!(
+            ls(1e9).render(1e6),
+            Err(StimulusError::TooLong { .. })
+        ));
+        let mut short = vec![0.0; 10];
+        assert!(matches!(
+            ls(1.0).fill(1e3, &mut short),
+            Err(StimulusError::Length {
+                expected: 1200,
+                got: 10
+            })
+        ));
+        let ou = StimulusSpec::OrnsteinUhlenbeck {
+            mean_pa: 0.0,
+            sd_pa: 1.0,
+            tau_s: 0.0,
+            seed: 0,
+            onset_s: 0.0,
+            duration_s: 1.0,
+            stationary_start: false,
+            baseline_pa: 0.0,
+            total_s: None,
+            tail_s: 0.0,
+        };
+        assert!(matches!(
+            ou.render(1e3),
+            Err(StimulusError::Field { field: "tau_s", .. })
+        ));
+    }
+}

@@ -1,0 +1,253 @@
+//! Ingestion stages: turn recording files into the sweeps table (DESIGN.md) so the rest of a
+//! pipeline never sees a file format.
+//!
+//! `ingest.abf` reads Axon ABF2 files (paths, glob patterns or folders) with
+//! [`crate::formats::abf::AbfFile`] and emits one batch per file: one row per sweep with the recorded
+//! membrane potential (`response`, mV) and the command current rebuilt from the protocol's epoch
+//! table (`stimulus`, pA). A recording is named by the content of its file (the first hex digits of
+//! its blake3 hash), so renaming or moving a file keeps its identity and two different files with
+//! the same name do not collide; the file stem travels along in the `file` column. A file that
+//! cannot be read (truncated, corrupt, not ABF2, wrong units) fails only itself: `out.fail(path,
+//! reader error)`, and the other files still flow.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, LargeListArray, RecordBatch, StringArray};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema::{f32_trace, field};
+use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext};
+use crate::error::{Error, Result};
+use crate::formats::abf::AbfFile;
+
+fn default_hash_hex_chars() -> usize {
+    16
+}
+
+/// Reads ABF2 current-clamp recordings into the sweeps table, one batch per file.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestAbf {
+    /// ABF files, glob patterns (`data/abf/*.abf`) or folders (every `*.abf` directly inside),
+    /// relative to the pipeline file. Files are read in sorted path order [paths].
+    pub paths: Vec<String>,
+    /// Recorded (ADC) channel holding the membrane potential; it must be in mV [index].
+    #[serde(default)]
+    pub adc_channel: usize,
+    /// Command (DAC) channel whose rebuilt waveform becomes `stimulus`; it must be in pA [index].
+    #[serde(default)]
+    pub dac_channel: usize,
+    /// Hex digits of the file's blake3 hash kept as `recording_id` (8..=64) [digits].
+    #[serde(default = "default_hash_hex_chars")]
+    pub hash_hex_chars: usize,
+}
+
+/// The files a list of paths/globs/folders names, sorted and deduplicated; an issue per entry
+/// that names nothing.
+pub(crate) fn expand_paths(ctx: &StageContext, key: &str, paths: &[String], extension: &str) -> std::result::Result<Vec<PathBuf>, Vec<Issue>> {
+    let mut files = Vec::new();
+    let mut issues = Vec::new();
+    let has_ext = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension));
+    for (i, pattern) in paths.iter().enumerate() {
+        let full = ctx.resolve(pattern);
+        let before = files.len();
+        let listed = if full.is_dir() {
+            std::fs::read_dir(&full)
+                .map(|entries| files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file() && has_ext(p))))
+                .map_err(|e| format!("cannot list folder `{}`: {e}", full.display()))
+        } else {
+            glob::glob(&full.to_string_lossy())
+                .map(|matches| files.extend(matches.flatten().filter(|p| p.is_file())))
+                .map_err(|e| format!("bad glob pattern: {e}"))
+        };
+        if let Err(message) = listed {
+            issues.push(Issue::at_index(key, i, message));
+        } else if files.len() == before {
+            let what = if full.is_dir() { format!("no `*.{extension}` file in folder `{}`", full.display()) } else { format!("no file matches `{}`", full.display()) };
+            issues.push(Issue::at_index(key, i, what));
+        }
+    }
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// The sweeps-table schema this stage emits.
+pub fn abf_sweeps_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        field("recording_id", DataType::Utf8, false, None),
+        field("sweep", DataType::Int64, false, None),
+        field("stimulus_kind", DataType::Utf8, false, None),
+        field("sampling_rate_hz", DataType::Float64, false, Some("Hz")),
+        f32_trace("stimulus", "pA"),
+        f32_trace("response", "mV"),
+        field("file", DataType::Utf8, false, None),
+        field("response_channel", DataType::Utf8, false, None),
+        field("response_units", DataType::Utf8, false, None),
+        field("stimulus_units", DataType::Utf8, false, None),
+    ]))
+}
+
+impl StageConfig for IngestAbf {
+    const KIND: &'static str = "ingest.abf";
+    const SUMMARY: &'static str = "Read ABF2 current-clamp files (paths, globs, folders) into the sweeps table, one batch per file";
+    const CODE_VERSION: u32 = 1;
+
+    fn arity() -> Arity {
+        Arity::Source
+    }
+
+    fn check(&self, ctx: &StageContext) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        if self.paths.is_empty() {
+            issues.push(Issue::at(&["paths"], "give at least one ABF file, glob pattern or folder"));
+        } else if let Err(mut e) = expand_paths(ctx, "paths", &self.paths, "abf") {
+            issues.append(&mut e);
+        }
+        if !(8..=64).contains(&self.hash_hex_chars) {
+            issues.push(Issue::at(&["hash_hex_chars"], format!("{} is outside 8..=64 hex digits", self.hash_hex_chars)));
+        }
+        issues
+    }
+
+    fn output_schema(&self, _ctx: &StageContext, _inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
+        Ok(abf_sweeps_schema())
+    }
+
+    fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
+        expand_paths(ctx, "paths", &self.paths, "abf")
+            .map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))
+    }
+
+    fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
+        Ok(Operator::Source(Box::new(AbfSource {
+            files: self.external_inputs(ctx)?,
+            next_file: 0,
+            seen: HashSet::new(),
+            config: self.clone(),
+            schema: output.clone(),
+        })))
+    }
+}
+
+/// Emits one file per call.
+struct AbfSource {
+    files: Vec<PathBuf>,
+    next_file: usize,
+    /// Recording ids already emitted: a byte-identical copy of a file is the same recording.
+    seen: HashSet<String>,
+    config: IngestAbf,
+    schema: SchemaRef,
+}
+
+impl SourceOperator for AbfSource {
+    fn next(&mut self, out: &mut Emitter) -> Result<bool> {
+        let Some(path) = self.files.get(self.next_file).cloned() else {
+            return Ok(false);
+        };
+        self.next_file += 1;
+        let label = path.display().to_string();
+        match read_abf_batch(&path, &self.config, &self.schema) {
+            Ok((id, batch)) => {
+                if self.seen.insert(id.clone()) {
+                    out.emit(batch);
+                } else {
+                    tracing::warn!("{label}: same content as an earlier file (recording {id}); skipped");
+                }
+            }
+            Err(message) => out.fail(label, message),
+        }
+        Ok(self.next_file < self.files.len())
+    }
+}
+
+/// `recording_id` of a file's bytes: the first `hex_chars` hex digits of their blake3 hash.
+pub fn content_id(bytes: &[u8], hex_chars: usize) -> String {
+    let hex = blake3::hash(bytes).to_hex();
+    hex.as_str()[..hex_chars.min(64)].to_string()
+}
+
+/// Builds a `large_list<float32>` column (non-null items) from per-row slices.
+pub(crate) fn f32_list_array(item_field: &Field, rows: &[&[f32]]) -> std::result::Result<LargeListArray, arrow::error::ArrowError> {
+    let total: usize = rows.iter().map(|r| r.len()).sum();
+    let mut values = Vec::with_capacity(total);
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0i64);
+    for r in rows {
+        values.extend_from_slice(r);
+        offsets.push(values.len() as i64);
+    }
+    LargeListArray::try_new(
+        Arc::new(item_field.clone()),
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(arrow::array::Float32Array::from(values)),
+        None,
+    )
+}
+
+fn list_item_field(schema: &Schema, column: &str) -> Field {
+    match schema.field_with_name(column).map(|f| f.data_type().clone()) {
+        Ok(DataType::LargeList(item)) => item.as_ref().clone(),
+        _ => Field::new("item", DataType::Float32, false),
+    }
+}
+
+/// Reads one file into a sweeps batch; the error is the reader's message (it names the file).
+fn read_abf_batch(path: &Path, cfg: &IngestAbf, schema: &SchemaRef) -> std::result::Result<(String, RecordBatch), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+    let id = content_id(&bytes, cfg.hash_hex_chars);
+    let label = path.display().to_string();
+    let abf = AbfFile::from_bytes(&bytes, &label).map_err(|e| e.to_string())?;
+    drop(bytes);
+    let adc = abf.adc_channels().get(cfg.adc_channel).ok_or_else(|| {
+        format!("{label}: adc_channel {} does not exist (the file has {} ADC channels)", cfg.adc_channel, abf.channel_count())
+    })?;
+    if adc.units != "mV" {
+        return Err(format!(
+            "{label}: ADC channel {} (`{}`) is in `{}`, not mV: not a current-clamp membrane potential (choose another adc_channel)",
+            cfg.adc_channel, adc.name, adc.units
+        ));
+    }
+    let dac = abf.dac_channels().get(cfg.dac_channel).ok_or_else(|| {
+        format!("{label}: dac_channel {} does not exist (the file has {} DACs)", cfg.dac_channel, abf.dac_channels().len())
+    })?;
+    let dac_units = dac.units.clone().unwrap_or_else(|| "?".into());
+    if dac_units != "pA" {
+        return Err(format!(
+            "{label}: DAC {} command is in `{dac_units}`, not pA: not a current-clamp stimulus (choose another dac_channel)",
+            cfg.dac_channel
+        ));
+    }
+    let n_sweeps = abf.sweep_count();
+    let mut responses: Vec<&[f32]> = Vec::with_capacity(n_sweeps);
+    let mut stimuli: Vec<Vec<f32>> = Vec::with_capacity(n_sweeps);
+    for s in 0..n_sweeps {
+        responses.push(abf.sweep_adc(cfg.adc_channel, s).map_err(|e| e.to_string())?);
+        stimuli.push(abf.sweep_command_f32(cfg.dac_channel, s).map_err(|e| e.to_string())?);
+    }
+    let stimulus_refs: Vec<&[f32]> = stimuli.iter().map(Vec::as_slice).collect();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let repeat = |s: &str| -> ArrayRef { Arc::new(StringArray::from(vec![s; n_sweeps])) };
+    let columns: Vec<ArrayRef> = vec![
+        repeat(&id),
+        Arc::new(Int64Array::from_iter_values(0..n_sweeps as i64)),
+        repeat(abf.protocol()),
+        Arc::new(Float64Array::from(vec![f64::from(abf.sampling_rate_hz()); n_sweeps])),
+        Arc::new(f32_list_array(&list_item_field(schema, "stimulus"), &stimulus_refs).map_err(|e| e.to_string())?),
+        Arc::new(f32_list_array(&list_item_field(schema, "response"), &responses).map_err(|e| e.to_string())?),
+        repeat(&stem),
+        repeat(&adc.name),
+        repeat(&adc.units),
+        repeat(&dac_units),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| format!("{label}: {e}"))?;
+    Ok((id, batch))
+}

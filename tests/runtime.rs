@@ -1,0 +1,169 @@
+//! Acceptance tests of the pipeline core, driving the real binary on real data (Allen human
+//! spike counts, as Parquet written by pyarrow): caching, change propagation, replay, error
+//! isolation, unwritable run directories, and checkpoints read back by pyarrow.
+
+mod common;
+
+use common::*;
+use neurostream::runtime::checkpoint;
+
+#[test]
+fn second_run_recomputes_nothing() {
+    let p = Project::new(PIPELINE);
+    let (out, r1) = p.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(computed(&r1), ["amplitudes", "export", "keep", "spiking", "sweeps"]);
+    let before: Vec<Vec<u8>> = ["sweeps", "spiking", "keep", "export", "amplitudes"].iter().map(|s| p.manifest_bytes(s)).collect();
+
+    let (out, r2) = p.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(computed(&r2).is_empty(), "second run computed {:?}", computed(&r2));
+    assert!(r2.stages.iter().all(|s| s.action == "reused"));
+    assert!(stderr(&out).contains("not recomputed"), "the run must say it reused checkpoints:\n{}", stderr(&out));
+    let after: Vec<Vec<u8>> = ["sweeps", "spiking", "keep", "export", "amplitudes"].iter().map(|s| p.manifest_bytes(s)).collect();
+    assert_eq!(before, after, "checkpoints must be untouched by a cached run");
+}
+
+#[test]
+fn changing_one_option_recomputes_exactly_that_stage_and_its_descendants() {
+    let p = Project::new(PIPELINE);
+    assert!(p.run().0.status.success());
+    let rows_before = p.report().stage("keep").unwrap().counters.rows_out;
+    p.write_pipeline(&PIPELINE.replace("spike_count > 0", "spike_count > 5"));
+    let (out, r) = p.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(computed(&r), ["export", "keep", "spiking"]);
+    assert_eq!(r.stage("sweeps").unwrap().action, "reused");
+    assert_eq!(r.stage("amplitudes").unwrap().action, "reused");
+    let rows_after = r.stage("keep").unwrap().counters.rows_out;
+    assert!(rows_after < rows_before, "a stricter filter keeps fewer rows ({rows_after} vs {rows_before})");
+    // The old checkpoint stays until gc; the new one has a new fingerprint.
+    assert_eq!(checkpoint::list(&p.run_dir().join("spiking")).len(), 2);
+    let gc = p.neurostream(&["gc", "pipeline.toml"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert_eq!(checkpoint::list(&p.run_dir().join("spiking")).len(), 1);
+    assert!(p.run().1.stages.iter().all(|s| s.action == "reused"), "gc keeps the current checkpoints");
+}
+
+#[test]
+fn replay_regenerates_the_stage_and_descendants_and_leaves_upstream_untouched() {
+    let p = Project::new(PIPELINE);
+    assert!(p.run().0.status.success());
+    let upstream: Vec<Vec<u8>> = ["sweeps", "spiking", "amplitudes"].iter().map(|s| p.manifest_bytes(s)).collect();
+    let keep_before = p.manifest_bytes("keep");
+    let out = p.neurostream(&["replay", "pipeline.toml", "--from", "keep"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = p.report();
+    assert_eq!(computed(&r), ["export", "keep"]);
+    let upstream_after: Vec<Vec<u8>> = ["sweeps", "spiking", "amplitudes"].iter().map(|s| p.manifest_bytes(s)).collect();
+    assert_eq!(upstream, upstream_after);
+    assert_ne!(keep_before, p.manifest_bytes("keep"), "keep must be regenerated");
+    // Same fingerprint, same rows.
+    let a: serde_json::Value = serde_json::from_slice(&keep_before).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&p.manifest_bytes("keep")).unwrap();
+    assert_eq!(a["fingerprint"], b["fingerprint"]);
+    assert_eq!(a["rows"], b["rows"]);
+}
+
+#[test]
+fn replay_without_the_upstream_checkpoint_fails_clearly() {
+    let p = Project::new(PIPELINE);
+    assert!(p.run().0.status.success());
+    let keep_before = p.manifest_bytes("keep");
+    std::fs::remove_dir_all(p.run_dir().join("spiking")).unwrap();
+    let out = p.neurostream(&["replay", "pipeline.toml", "--from", "keep"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("stage `spiking` has no complete checkpoint"), "{err}");
+    assert!(err.contains("neurostream run pipeline.toml"), "{err}");
+    assert_eq!(keep_before, p.manifest_bytes("keep"), "nothing is recomputed when replay cannot start");
+    let bad = p.neurostream(&["replay", "pipeline.toml", "--from", "kep"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("did you mean `keep`?"), "{}", stderr(&bad));
+}
+
+#[test]
+fn one_bad_file_fails_alone_and_the_run_exits_1_with_the_resume_command() {
+    let p = Project::new(PIPELINE);
+    // A truncated copy of a real file, and a real Parquet file with other columns.
+    let good = std::fs::read(p.path().join("data/mtg_spikecounts_a.parquet")).unwrap();
+    std::fs::write(p.path().join("data/mtg_spikecounts_c_truncated.parquet"), &good[..good.len() / 2]).unwrap();
+    let (out, r) = p.run();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let failures = &r.stage("sweeps").unwrap().failures;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].unit.ends_with("mtg_spikecounts_c_truncated.parquet"), "{failures:?}");
+    // The good files went all the way through.
+    assert_eq!(r.stage("sweeps").unwrap().counters.rows_out, 3000);
+    assert_eq!(r.stage("amplitudes").unwrap().counters.rows_out, 3000);
+    assert!(p.path().join("out/spiking.parquet").exists());
+    let err = stderr(&out);
+    assert!(err.contains("mtg_spikecounts_c_truncated.parquet"), "{err}");
+    assert!(err.contains("resume with: neurostream run pipeline.toml"), "{err}");
+    let status = p.neurostream(&["status", "pipeline.toml"]);
+    let st = stdout(&status);
+    assert!(st.lines().any(|l| l.starts_with("sweeps") && l.contains("error")), "{st}");
+    assert!(st.contains("mtg_spikecounts_c_truncated.parquet"), "{st}");
+    // Fixing the input (removing the bad file) makes the next run complete and reuse nothing stale.
+    std::fs::remove_file(p.path().join("data/mtg_spikecounts_c_truncated.parquet")).unwrap();
+    let (out, r) = p.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(r.stage("sweeps").unwrap().failures.is_empty());
+}
+
+#[test]
+fn a_file_with_an_unexpected_schema_fails_alone_naming_the_file() {
+    let p = Project::new(PIPELINE);
+    // A checkpoint of another stage is a real Parquet file with fewer columns.
+    let other = Project::new(PIPELINE);
+    assert!(other.run().0.status.success());
+    let cp = checkpoint::list(&other.run_dir().join("amplitudes")).remove(0);
+    std::fs::copy(&cp.part_files()[0], p.path().join("data/mtg_spikecounts_z_other.parquet")).unwrap();
+    let (out, r) = p.run();
+    assert_eq!(out.status.code(), Some(1));
+    let f = &r.stage("sweeps").unwrap().failures;
+    assert_eq!(f.len(), 1);
+    assert!(f[0].unit.ends_with("mtg_spikecounts_z_other.parquet") && f[0].message.contains("unexpected schema"), "{f:?}");
+}
+
+#[test]
+fn unwritable_run_directory_is_reported_with_its_path() {
+    let p = Project::new(&PIPELINE.replace("seed = 1", "seed = 1\nrun_dir = \"blocker/runs\""));
+    std::fs::write(p.path().join("blocker"), b"a file where a folder should be").unwrap();
+    let out = p.neurostream(&["run", "pipeline.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("blocker/runs"), "{}", stderr(&out));
+    assert!(!p.path().join("out").exists());
+}
+
+#[test]
+fn checkpoints_open_in_pyarrow_with_columns_types_units_and_rows() {
+    let p = Project::new(PIPELINE);
+    assert!(p.run().0.status.success());
+    let cp = checkpoint::list(&p.run_dir().join("keep")).remove(0);
+    let script = r#"
+import json, sys, pyarrow.parquet as pq, pyarrow as pa
+d = sys.argv[1]
+m = json.load(open(d + "/manifest.json"))
+t = pq.read_table([d + "/" + p["file"] for p in m["parts"]])
+assert t.num_rows == m["rows"], (t.num_rows, m["rows"])
+assert t.column_names == ["recording_id", "sweep", "stimulus_amplitude", "spike_count"], t.column_names
+assert t.schema.field("recording_id").type == pa.string()
+assert t.schema.field("sweep").type == pa.int64()
+assert t.schema.field("stimulus_amplitude").type == pa.float64()
+assert t.schema.field("stimulus_amplitude").metadata[b"unit"] == b"pA"
+assert min(t.column("spike_count").to_pylist()) > 0
+md = pq.ParquetFile(d + "/" + m["parts"][0]["file"]).metadata
+assert md.row_group(0).column(0).compression == "ZSTD", md.row_group(0).column(0).compression
+print("rows", t.num_rows)
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(&cp.dir).output().expect("python3 with pyarrow (installed by .ci/run)");
+    assert!(out.status.success(), "pyarrow check failed:\n{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains(&format!("rows {}", cp.manifest.rows)));
+    // Row groups are not one per small batch: 500-row batches go into one row group.
+    assert!(cp.manifest.batches > 1);
+    let f = std::fs::File::open(&cp.part_files()[0]).unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(f).unwrap();
+    use parquet::file::reader::FileReader;
+    assert_eq!(reader.metadata().num_row_groups(), 1);
+}
