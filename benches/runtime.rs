@@ -124,7 +124,7 @@ fn graph_vs_loop(c: &mut Criterion) {
             let run = tempfile::tempdir_in(dir.path()).unwrap();
             let mut p = parse_str(&path, PIPELINE).unwrap();
             p.set_run_dir(run.path().to_path_buf());
-            let r = rt.block_on(run_pipeline(&p, &RunOptions { mode: Mode::Run, quiet: true })).unwrap();
+            let r = rt.block_on(run_pipeline(&p, &RunOptions::new(Mode::Run, true))).unwrap();
             black_box(r.stage("keep").unwrap().counters.rows_out)
         })
     });

@@ -29,6 +29,15 @@ pub enum Command {
         /// Run directory (default: `runs/<name>` beside the pipeline file).
         #[arg(long)]
         run_dir: Option<PathBuf>,
+        /// Keep watching the source's folder: every new recording flows through the graph once.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: a file is complete once unchanged for this many seconds.
+        #[arg(long, default_value_t = 1.0)]
+        settle: f64,
+        /// With --watch: stop after this many seconds without a new file (default: until Ctrl-C).
+        #[arg(long)]
+        idle_exit: Option<f64>,
     },
     /// Recompute STAGE and everything downstream from the checkpoints of STAGE's inputs.
     Replay {
@@ -121,7 +130,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn execute(cli: &Cli) -> Result<i32> {
     match &cli.command {
-        Command::Run { pipeline, run_dir } => run_cmd(pipeline, run_dir, Mode::Run, cli.quiet),
+        Command::Run { pipeline, run_dir, watch, settle, idle_exit } => {
+            if *watch {
+                if !(settle.is_finite() && *settle >= 0.0) || idle_exit.is_some_and(|i| !(i.is_finite() && i >= 0.0)) {
+                    return Err(Error::Usage("--settle and --idle-exit take a non-negative number of seconds".into()));
+                }
+                let opts = crate::runtime::watch::WatchOptions {
+                    settle: std::time::Duration::from_secs_f64(*settle),
+                    poll: std::time::Duration::from_millis(200),
+                    idle_exit: idle_exit.map(std::time::Duration::from_secs_f64),
+                    quiet: cli.quiet,
+                    run_dir: run_dir.clone(),
+                };
+                return crate::runtime::watch::watch(pipeline, &opts);
+            }
+            run_cmd(pipeline, run_dir, Mode::Run, cli.quiet)
+        }
         Command::Replay { pipeline, from, run_dir } => run_cmd(pipeline, run_dir, Mode::Replay { from: from.clone() }, cli.quiet),
         Command::Validate { pipeline } => {
             let p = pipeline::load(pipeline)?;
@@ -157,7 +181,7 @@ fn run_cmd(path: &Path, run_dir: &Option<PathBuf>, mode: Mode, quiet: bool) -> R
         };
         eprintln!("neurostream: {what} of pipeline `{}` ({} stages) in {}", p.name(), p.stages.len(), p.run_dir.display());
     }
-    let report = runtime()?.block_on(run_pipeline(&p, &RunOptions { mode, quiet }))?;
+    let report = runtime()?.block_on(run_pipeline(&p, &RunOptions::new(mode, quiet)))?;
     if !quiet {
         eprintln!();
         eprintln!("{:<24} {:<18} {:<9} {:>10} {:>10} {:>9} {:>9}", "stage", "kind", "action", "rows in", "rows out", "busy s", "blocked s");

@@ -86,7 +86,7 @@ columns = ["sweep"]
     pipeline.stages[i].def = Box::new(Slow(inner));
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let report = rt.block_on(run_pipeline(&pipeline, &RunOptions { mode: Mode::Run, quiet: true })).unwrap();
+    let report = rt.block_on(run_pipeline(&pipeline, &RunOptions::new(Mode::Run, true))).unwrap();
     assert!(report.ok);
     let edge = report.edges.iter().find(|e| e.from == "sweeps" && e.to == "keep").unwrap();
     assert_eq!(edge.bound_rows, 300);

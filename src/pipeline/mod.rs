@@ -11,4 +11,4 @@ pub mod diag;
 pub mod graph;
 pub mod parse;
 
-pub use parse::{Pipeline, PipelineSection, StageNode, load, parse_str};
+pub use parse::{Pipeline, PipelineSection, StageNode, load, parse_str, parse_str_with, watch_sources};

@@ -129,6 +129,36 @@ pub fn stage_seed(pipeline_seed: u64, stage: &str) -> u64 {
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
+/// The watchable sources of a pipeline file, found without full validation (the watched folder
+/// may still be empty, so schemas cannot be checked yet).
+pub fn watch_sources(path: &Path, text: &str) -> Vec<(String, stages::WatchSource)> {
+    let mut out = Vec::new();
+    let (root, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        return out;
+    }
+    let root = root.into_inner();
+    let base_dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    let Some(DeValue::Table(stages_tbl)) = root.get("stages").map(|v| v.get_ref()) else { return out };
+    for (key, value) in stages_tbl.iter() {
+        let DeValue::Table(tbl) = value.get_ref() else { continue };
+        let Some(kind) = tbl.get("kind").and_then(|k| k.get_ref().as_str()) else { continue };
+        let Some(entry) = stages::find_kind(kind) else { continue };
+        if entry.arity != Arity::Source {
+            continue;
+        }
+        let mut options = tbl.clone();
+        options.remove("kind");
+        options.remove("inputs");
+        let Ok(def) = (entry.parse)(ValueDeserializer::from(Spanned::new(value.span(), DeValue::Table(options)))) else { continue };
+        let ctx = StageContext { name: key.get_ref().to_string(), base_dir: base_dir.clone(), seed: 0, run_dir: base_dir.clone() };
+        if let Some(w) = def.watch(&ctx) {
+            out.push((key.get_ref().to_string(), w));
+        }
+    }
+    out
+}
+
 struct RawStage<'i> {
     name: String,
     key_span: Range<usize>,
@@ -142,6 +172,11 @@ struct RawStage<'i> {
 
 /// Parses and validates pipeline text; `path` is used for messages and to resolve relative paths.
 pub fn parse_str(path: &Path, text: &str) -> std::result::Result<Pipeline, Diagnostics> {
+    parse_str_with(path, text, &[])
+}
+
+/// As [`parse_str`], with source stages restricted to given files (one increment of `run --watch`).
+pub fn parse_str_with(path: &Path, text: &str, restrict: &[(String, Vec<PathBuf>)]) -> std::result::Result<Pipeline, Diagnostics> {
     let map = SourceMap::new(path, text);
     let mut diags = Vec::new();
     let (root, syntax) = DeTable::parse_recoverable(text);
@@ -268,6 +303,13 @@ pub fn parse_str(path: &Path, text: &str) -> std::result::Result<Pipeline, Diagn
             let (def, d) = collect_with(&opt_value, &map, |de| (entry.parse)(de), &format!("stage `{name}` ({})", entry.kind));
             diags.extend(d);
             rs.def = def;
+            if let Some((_, files)) = restrict.iter().find(|(s, _)| *s == name) {
+                match rs.def.as_ref().map(|d| d.restrict_to(files)) {
+                    Some(Some(restricted)) => rs.def = Some(restricted),
+                    Some(None) => diags.push(map.diagnostic(key_span.clone(), format!("stage `{name}` ({}) cannot be restricted to single files", entry.kind))),
+                    None => {}
+                }
+            }
         }
         raw.push(rs);
     }

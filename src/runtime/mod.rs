@@ -14,5 +14,6 @@ pub mod checkpoint;
 pub mod fingerprint;
 pub mod metrics;
 pub mod run;
+pub mod watch;
 
 pub use run::{Mode, RunOptions, RunReport, run_pipeline};

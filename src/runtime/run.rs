@@ -36,6 +36,14 @@ pub struct RunOptions {
     pub mode: Mode,
     /// Print nothing but errors.
     pub quiet: bool,
+    /// Take the run directory's lock (false when the caller, e.g. `run --watch`, already holds it).
+    pub lock: bool,
+}
+
+impl RunOptions {
+    pub fn new(mode: Mode, quiet: bool) -> Self {
+        RunOptions { mode, quiet, lock: true }
+    }
 }
 
 /// What happened to one stage in a run.
@@ -91,7 +99,7 @@ fn reusable(p: &Pipeline, i: usize, cp: &Checkpoint) -> bool {
 pub async fn run_pipeline(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     let started = Instant::now();
     let started_at = now_s();
-    let _lock = RunLock::acquire(&p.run_dir)?;
+    let _lock = if opts.lock { Some(RunLock::acquire(&p.run_dir)?) } else { None };
     let n = p.stages.len();
     let fps = fingerprint::compute(p)?;
     for i in 0..n {

@@ -117,6 +117,28 @@ impl StageConfig for SourceParquet {
         }
     }
 
+    /// Watchable when it reads one glob whose folder part has no wildcard (`inbox/*.parquet`).
+    fn watch(&self, ctx: &StageContext) -> Option<super::WatchSource> {
+        if self.checkpoint.is_some() || self.paths.len() != 1 {
+            return None;
+        }
+        let full = ctx.resolve(&self.paths[0]);
+        let folder = full.parent()?.to_path_buf();
+        if folder.to_string_lossy().contains(['*', '?', '[']) {
+            return None;
+        }
+        let pattern = glob::Pattern::new(&full.file_name()?.to_string_lossy()).ok()?;
+        Some(super::WatchSource { folder, pattern })
+    }
+
+    fn restrict_to(&self, files: &[PathBuf]) -> Option<Self> {
+        Some(SourceParquet {
+            paths: files.iter().map(|f| glob::Pattern::escape(&f.to_string_lossy())).collect(),
+            checkpoint: None,
+            batch_rows: self.batch_rows,
+        })
+    }
+
     fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
         self.files(ctx).map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i.message)))
     }
@@ -327,7 +349,14 @@ impl TransformOperator for FileSink {
         self.open()?;
         let path = self.path.display().to_string();
         match self.writer.as_mut().expect("opened") {
-            SinkWriter::Parquet(w) => w.write(&batch).map_err(|e| Error::parquet(path, e)),
+            SinkWriter::Parquet(w) => {
+                w.write(&batch).map_err(|e| Error::parquet(path.clone(), e))?;
+                // Cut row groups by size too: rows of long traces would otherwise buffer gigabytes.
+                if w.in_progress_size() >= crate::runtime::checkpoint::ROW_GROUP_BYTES {
+                    w.flush().map_err(|e| Error::parquet(path, e))?;
+                }
+                Ok(())
+            }
             SinkWriter::Csv(w) => w.write(&batch).map_err(|e| Error::arrow(path, e)),
         }
     }

@@ -6,6 +6,7 @@
 //! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
+pub mod dic;
 pub mod features;
 pub mod generic;
 pub mod ingest;
@@ -164,7 +165,25 @@ pub trait StageConfig: Serialize + DeserializeOwned + schemars::JsonSchema + Sen
         Vec::new()
     }
 
+    /// Sources over a folder: the folder and file pattern `run --watch` watches.
+    fn watch(&self, _ctx: &StageContext) -> Option<WatchSource> {
+        None
+    }
+
+    /// Sources over files: the same configuration restricted to exactly these files (one increment
+    /// of `run --watch`). `None` if the kind cannot be restricted.
+    fn restrict_to(&self, _files: &[PathBuf]) -> Option<Self> {
+        None
+    }
+
     fn build(&self, ctx: &StageContext, inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator>;
+}
+
+/// A folder a source reads, with the pattern its files match (for `run --watch`).
+#[derive(Debug, Clone)]
+pub struct WatchSource {
+    pub folder: PathBuf,
+    pub pattern: glob::Pattern,
 }
 
 /// Object-safe view of a parsed stage configuration.
@@ -177,6 +196,12 @@ pub trait StageDef: Send + Sync {
     fn output_schema(&self, ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>>;
     fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>>;
     fn external_outputs(&self, ctx: &StageContext) -> Vec<PathBuf>;
+    fn watch(&self, _ctx: &StageContext) -> Option<WatchSource> {
+        None
+    }
+    fn restrict_to(&self, _files: &[PathBuf]) -> Option<Box<dyn StageDef>> {
+        None
+    }
     fn build(&self, ctx: &StageContext, inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator>;
 }
 
@@ -205,6 +230,12 @@ impl<T: StageConfig> StageDef for T {
     }
     fn external_outputs(&self, ctx: &StageContext) -> Vec<PathBuf> {
         StageConfig::external_outputs(self, ctx)
+    }
+    fn watch(&self, ctx: &StageContext) -> Option<WatchSource> {
+        StageConfig::watch(self, ctx)
+    }
+    fn restrict_to(&self, files: &[PathBuf]) -> Option<Box<dyn StageDef>> {
+        StageConfig::restrict_to(self, files).map(|c| Box::new(c) as Box<dyn StageDef>)
     }
     fn build(&self, ctx: &StageContext, inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
         StageConfig::build(self, ctx, inputs, output)
@@ -243,6 +274,11 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<ingest::IngestAbf>(),
         entry::<features::FeaturesSpikes>(),
         entry::<features::FeaturesSweep>(),
+        entry::<dic::IngestSpikeTimes>(),
+        entry::<dic::DicEstimate>(),
+        entry::<dic::DicPopulation>(),
+        entry::<dic::FeaturesBursts>(),
+        entry::<dic::DicValidate>(),
     ]
 }
 

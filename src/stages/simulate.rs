@@ -21,9 +21,10 @@
 //! * per-config failures (AllenSDK's bad reset, a swept config the kernel refuses) are rows with
 //!   `status` = `bad_reset` / `error` and a `status_detail`, never NaN-filled rows.
 //!
-//! The stimulus shapes and the sweep expansion are defined here (minimal set: Allen Noise 1 / 2,
-//! long square, a stimulus file; grid, uniform, log-uniform, Latin hypercube), because the shared
-//! `simulate::stimulus` / `simulate::sweep` modules were not available when this stage was written.
+//! The stimulus shapes and the sweep expansion used here were written before the shared
+//! `simulate::stimulus` / `simulate::sweep` modules existed (minimal set: Allen Noise 1 / 2, long
+//! square, a stimulus file; grid, uniform, log-uniform, Latin hypercube over GLIF config fields).
+//! Any protocol of `simulate::stimulus` can also be given (`kind = "protocol"`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,23 @@ pub enum StimulusSpec {
     LongSquare(LongSquare),
     /// A current trace read from a 1-D float64 `.npy` file.
     File(FileStimulus),
+    /// Any protocol of the shared stimulus module ([`crate::simulate::stimulus::StimulusSpec`]:
+    /// long/short square, ramp, step series, white/pink/OU noise, `allen_noise`), rendered at each
+    /// config's sampling rate 1/dt.
+    Protocol(ProtocolStimulus),
+}
+
+/// A protocol of [`crate::simulate::stimulus`], e.g.
+/// `{ kind = "protocol", spec = { protocol = "allen_noise", rheobase_pa = 231.75, seed = 1 } }`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolStimulus {
+    /// Label written to `stimulus_kind` (default: the protocol name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The protocol table (`protocol = "..."` and its fields, in pA and s) [table].
+    #[schemars(with = "serde_json::Value")]
+    pub spec: crate::simulate::stimulus::StimulusSpec,
 }
 
 fn default_epochs() -> Vec<f64> {
@@ -179,6 +197,7 @@ impl StimulusSpec {
             StimulusSpec::AllenNoise1(n) => n.name.clone().unwrap_or_else(|| "noise1".into()),
             StimulusSpec::AllenNoise2(n) => n.name.clone().unwrap_or_else(|| "noise2".into()),
             StimulusSpec::LongSquare(s) => s.name.clone().unwrap_or_else(|| "long_square".into()),
+            StimulusSpec::Protocol(p) => p.name.clone().unwrap_or_else(|| p.spec.protocol().to_string()),
             StimulusSpec::File(f) => f.name.clone().unwrap_or_else(|| {
                 format!("file:{}", Path::new(&f.path).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default())
             }),
@@ -195,7 +214,7 @@ impl StimulusSpec {
         match self {
             StimulusSpec::AllenNoise1(_) | StimulusSpec::AllenNoise2(_) => true,
             StimulusSpec::LongSquare(s) => s.amplitude_rheobase.is_some(),
-            StimulusSpec::File(_) => false,
+            StimulusSpec::File(_) | StimulusSpec::Protocol(_) => false,
         }
     }
 
@@ -248,6 +267,11 @@ impl StimulusSpec {
                     out.push(("total_s", format!("{} must be >= start_s + duration_s", s.total_s)));
                 }
             }
+            StimulusSpec::Protocol(p) => {
+                if let Err(e) = p.spec.validate() {
+                    out.push(("spec", e.to_string()));
+                }
+            }
             StimulusSpec::File(f) => {
                 if f.unit != "A" && f.unit != "pA" {
                     out.push(("unit", format!("`{}`: use `A` or `pA`", f.unit)));
@@ -288,6 +312,10 @@ impl StimulusSpec {
                 let on = (s.start_s / dt_s).round() as usize;
                 let off = ((s.start_s + s.duration_s) / dt_s).round() as usize;
                 Ok((0..n).map(|k| if k >= on && k < off { amp_a } else { 0.0 }).collect())
+            }
+            StimulusSpec::Protocol(p) => {
+                let pa = p.spec.render(1.0 / dt_s).map_err(|e| err(e.to_string()))?;
+                Ok(pa.into_iter().map(|x| x * 1e-12).collect())
             }
             StimulusSpec::File(_) => Err(err("a file stimulus cannot be regenerated at another dt; use dt_stimulus = \"resample\"".into())),
         }
@@ -1536,6 +1564,56 @@ mod tests {
         strata.sort();
         assert_eq!(strata, (0..50).collect::<Vec<_>>());
         assert_eq!(plan, spec.expand(3));
+    }
+
+    /// Every emitted batch holds at most `block_size` rows and one stimulus; all configs come out.
+    #[test]
+    fn source_batches_are_bounded_by_block_size() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/glif");
+        let toml = r#"
+            neuron_config = "glif1_neuron_config.json"
+            block_size = 4
+            record_stimulus = false
+            stimuli = [{ kind = "long_square", amplitude_rheobase = 1.2, duration_s = 0.05, total_s = 0.05 },
+                       { kind = "long_square", amplitude_pa = 0.0, duration_s = 0.05, total_s = 0.05 }]
+            sweep = { params = [{ name = "C", factors = [0.8, 0.9, 1.0, 1.1, 1.2] }, { name = "th_inf", factors = [0.9, 1.1] }] }
+        "#;
+        let cfg: SimulateGlif = toml::from_str(toml).unwrap();
+        let ctx = StageContext { name: "sim".into(), base_dir: dir.into(), seed: 1, run_dir: std::env::temp_dir() };
+        assert!(cfg.check(&ctx).is_empty(), "{:?}", cfg.check(&ctx));
+        let schema = cfg.output_schema(&ctx, &[]).unwrap();
+        let Operator::Source(mut op) = cfg.build(&ctx, &[], &schema).unwrap() else { panic!("a source") };
+        let mut em = Emitter::default();
+        while op.next(&mut em).unwrap() {}
+        let sizes: Vec<usize> = em.batches.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(sizes, vec![4, 4, 2, 4, 4, 2]);
+        for b in &em.batches {
+            assert_eq!(b.schema().fields().len(), schema.fields().len());
+            let kinds = b.column_by_name("stimulus_kind").unwrap().as_string::<i32>();
+            assert!(kinds.iter().all(|k| k == kinds.iter().next().unwrap()));
+        }
+        // Zero current: no spikes anywhere.
+        let zero = &em.batches[3];
+        assert!(zero.column_by_name("spike_count").unwrap().as_primitive::<arrow::datatypes::Int64Type>().values().iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn swept_dt_without_dt_stimulus_is_refused() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/glif");
+        let cfg: SimulateGlif = toml::from_str(
+            r#"
+            neuron_config = "glif1_neuron_config.json"
+            stimuli = [{ kind = "allen_noise1" }]
+            sweep = { params = [{ name = "dt", values = [1e-5, -1.0] }, { name = "nonsense", values = [1.0] }] }
+        "#,
+        )
+        .unwrap();
+        let ctx = StageContext { name: "sim".into(), base_dir: dir.into(), seed: 1, run_dir: std::env::temp_dir() };
+        let issues = cfg.check(&ctx);
+        let text: Vec<String> = issues.iter().map(|i| format!("{:?}: {}", i.path, i.message)).collect();
+        assert!(text.iter().any(|t| t.contains("dt_stimulus")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("Index(1)") && t.contains("dt")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("unknown parameter")), "{text:?}");
     }
 
     #[test]

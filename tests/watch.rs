@@ -1,0 +1,207 @@
+//! Continuous ingestion soak test: 200 files dropped into a watched folder over time by a separate
+//! process (175 plain, 10 written slowly in pieces, 10 truncated or corrupt, 5 duplicates by
+//! content), with the watcher SIGKILLed midway and restarted. Afterwards every good file's outputs
+//! are present exactly once, every bad file is quarantined with its error, and the ledger agrees
+//! with the checkpoints. Bounded in time: every wait has a deadline.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::*;
+use neurostream::runtime::checkpoint;
+use neurostream::runtime::watch::read_ledger;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+const WATCH_PIPELINE: &str = r#"
+[pipeline]
+name = "core"
+
+[stages.inbox]
+kind = "source.parquet"
+paths = ["inbox/*.parquet"]
+
+[stages.spiking]
+kind = "transform.filter"
+inputs = ["inbox"]
+where = "spike_count >= 0"
+
+[stages.keep]
+kind = "transform.select"
+inputs = ["spiking"]
+columns = ["recording_id", "spike_count"]
+"#;
+
+/// One small recording: `rows` sweeps of cell `id`.
+fn write_recording(path: &Path, id: usize, rows: usize) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("recording_id", DataType::Utf8, false),
+        Field::new("stimulus_amplitude", DataType::Float64, false),
+        Field::new("spike_count", DataType::Int64, false),
+    ]));
+    let b = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values((0..rows).map(|_| format!("cell{id:04}")))),
+            Arc::new(Float64Array::from_iter_values((0..rows).map(|k| 20.0 * k as f64))),
+            Arc::new(Int64Array::from_iter_values((0..rows).map(|k| ((id + k) % 9) as i64))),
+        ],
+    )
+    .unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+}
+
+/// The dropper: a separate Python process that copies staged files into the inbox on a schedule.
+const DROPPER: &str = r#"
+import json, os, shutil, sys, threading, time
+plan = json.load(open(sys.argv[1]))
+inbox = sys.argv[2]
+def slow(src, dst):
+    data = open(src, "rb").read()
+    with open(dst, "wb") as f:
+        for k in range(4):
+            f.write(data[k * len(data) // 4:(k + 1) * len(data) // 4]); f.flush(); os.fsync(f.fileno())
+            time.sleep(0.25)
+threads = []
+for item in plan:
+    dst = os.path.join(inbox, item["name"])
+    if item["how"] == "slow":
+        t = threading.Thread(target=slow, args=(item["src"], dst)); t.start(); threads.append(t)
+    elif item["how"] == "rename":
+        tmp = os.path.join(inbox, "." + item["name"] + ".part")
+        shutil.copy(item["src"], tmp); os.rename(tmp, dst)
+    else:
+        shutil.copy(item["src"], dst)
+    time.sleep(0.012)
+for t in threads: t.join()
+"#;
+
+fn spawn_watcher(p: &Project) -> Child {
+    Command::new(bin())
+        .args(["--quiet", "run", "pipeline.toml", "--watch", "--settle", "0.6", "--idle-exit", "2.5"])
+        .current_dir(p.path())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_with_deadline(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("watcher still running after {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn soak_200_files_with_slow_corrupt_duplicate_files_and_a_sigkill() {
+    let p = Project::new(WATCH_PIPELINE);
+    let staging = p.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(p.path().join("inbox")).unwrap();
+    let mut plan = Vec::new();
+    let mut good_rows: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..185 {
+        let src = staging.join(format!("rec{i:04}.parquet"));
+        let rows = 5 + i % 17;
+        write_recording(&src, i, rows);
+        good_rows.insert(format!("cell{i:04}"), rows);
+        let how = if i % 18 == 5 && plan.iter().filter(|x: &&serde_json::Value| x["how"] == "slow").count() < 10 {
+            "slow"
+        } else if i % 2 == 0 {
+            "rename"
+        } else {
+            "copy"
+        };
+        plan.push(serde_json::json!({"name": format!("rec{i:04}.parquet"), "src": src, "how": how}));
+    }
+    assert_eq!(plan.iter().filter(|x| x["how"] == "slow").count(), 10);
+    // 10 bad files: truncated copies of good recordings, and garbage with a Parquet name.
+    for k in 0..10 {
+        let src = staging.join(format!("bad{k}.parquet"));
+        if k < 6 {
+            let data = std::fs::read(staging.join(format!("rec{:04}.parquet", k * 7))).unwrap();
+            std::fs::write(&src, &data[..data.len() * (k + 2) / 10]).unwrap();
+        } else {
+            std::fs::write(&src, format!("not parquet at all #{k}").repeat(40)).unwrap();
+        }
+        plan.insert(20 + k * 15, serde_json::json!({"name": format!("bad{k}.parquet"), "src": src, "how": "copy"}));
+    }
+    // 5 duplicates by content under new names, dropped after their originals.
+    for k in 0..5 {
+        let src = staging.join(format!("rec{:04}.parquet", 3 + k * 11));
+        plan.push(serde_json::json!({"name": format!("copy_of_{k}.parquet"), "src": src, "how": "copy"}));
+    }
+    assert_eq!(plan.len(), 200);
+    let plan_path = p.path().join("plan.json");
+    std::fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).unwrap();
+    let script = p.path().join("dropper.py");
+    std::fs::write(&script, DROPPER).unwrap();
+
+    let mut dropper = Command::new("python3").arg(&script).arg(&plan_path).arg(p.path().join("inbox")).spawn().unwrap();
+    let mut first = spawn_watcher(&p);
+    std::thread::sleep(Duration::from_millis(2500));
+    first.kill().unwrap(); // SIGKILL midway
+    first.wait().unwrap();
+    let after_kill = read_ledger(&p.run_dir()).len();
+    let mut second = spawn_watcher(&p);
+    let status = dropper.wait().unwrap();
+    assert!(status.success(), "the dropper failed");
+    let status = wait_with_deadline(&mut second, Duration::from_secs(240));
+    assert!(status.success(), "watcher exit {status:?}");
+    eprintln!("ledger lines after the SIGKILL: {after_kill}");
+    assert!(after_kill > 0 && after_kill < 200, "the kill must land midway (ledger had {after_kill} lines)");
+
+    let ledger = read_ledger(&p.run_dir());
+    let ok: Vec<_> = ledger.iter().filter(|e| e.status == "ok").collect();
+    let dup: Vec<_> = ledger.iter().filter(|e| e.status == "duplicate").collect();
+    let quarantined: Vec<_> = ledger.iter().filter(|e| e.status == "quarantined").collect();
+    assert!(ledger.iter().all(|e| ["ok", "duplicate", "quarantined"].contains(&e.status.as_str())), "{ledger:#?}");
+    // Exactly once: one ok line per distinct good content.
+    let ok_hashes: BTreeSet<&str> = ok.iter().map(|e| e.blake3.as_str()).collect();
+    assert_eq!(ok.len(), 185, "ok entries: {}", ok.len());
+    assert_eq!(ok_hashes.len(), 185);
+    assert_eq!(dup.len(), 5, "{dup:#?}");
+    assert_eq!(quarantined.len(), 10);
+    for q in &quarantined {
+        let to = Path::new(q.quarantined_to.as_ref().unwrap());
+        assert!(to.exists(), "{to:?} missing");
+        assert!(!Path::new(&q.path).exists(), "{} still in the inbox", q.path);
+        assert!(q.error.as_ref().is_some_and(|e| !e.is_empty()));
+        let err_file = to.with_file_name(format!("{}.error.txt", to.file_name().unwrap().to_string_lossy()));
+        assert!(std::fs::read_to_string(err_file).unwrap().contains(&q.path));
+    }
+
+    // Every good recording's output is present exactly once in the `keep` checkpoints, and the
+    // ledger names exactly the checkpoints on disk.
+    let on_disk: BTreeSet<String> = checkpoint::list(&p.run_dir().join("keep")).iter().map(|c| c.dir.display().to_string()).collect();
+    let in_ledger: BTreeSet<String> = ok.iter().map(|e| e.checkpoints["keep"].clone()).collect();
+    assert_eq!(on_disk, in_ledger);
+    let mut seen_rows: BTreeMap<String, usize> = BTreeMap::new();
+    for cp in checkpoint::list(&p.run_dir().join("keep")) {
+        for f in cp.part_files() {
+            for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap().build().unwrap() {
+                let b = b.unwrap();
+                let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                for id in ids.iter().flatten() {
+                    *seen_rows.entry(id.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(seen_rows, good_rows, "each good recording's rows exactly once");
+}
