@@ -59,7 +59,7 @@ fn process_cpu_s() -> Option<f64> {
     // SAFETY: clock_gettime only writes the struct we pass (libc is linked into every Rust binary
     // on Linux; the layout is the x86_64/aarch64 one, 64-bit time_t and long).
     let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
 
 #[cfg(not(target_os = "linux"))]

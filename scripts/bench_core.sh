@@ -15,10 +15,10 @@ peer() { "$PEERS/run.sh" parquet --rows 10000000 --compression zstd --modes tabl
 peer before
 cargo bench --bench runtime -- --noplot
 peer after
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "${CARGO_TARGET_DIR:-target}" <<'PY'
 import json, sys, statistics, pathlib
 out = pathlib.Path(sys.argv[1])
-crit = pathlib.Path("target/criterion")
+crit = pathlib.Path(sys.argv[2]) / "criterion"
 def median_s(group, name):
     est = json.load(open(crit / group / name / "new" / "estimates.json"))
     return est["median"]["point_estimate"] * 1e-9

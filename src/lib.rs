@@ -16,5 +16,6 @@ pub mod pipeline;
 pub mod runtime;
 pub mod simulate;
 pub mod stages;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -756,6 +756,9 @@ impl StageConfig for FeaturesSweep {
     }
 }
 
+/// One output row of features.sweep: input row, its analysis, model times used, features.
+type SweepRow<'a> = (usize, &'a SweepResult, bool, SpikeTrainFeatures);
+
 struct SweepOp {
     detection: Detection,
     schema: SchemaRef,
@@ -764,7 +767,7 @@ struct SweepOp {
 impl TransformOperator for SweepOp {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         let (cols, results) = analyse_batch(&batch, &self.detection, out)?;
-        let mut rows: Vec<(usize, &SweepResult, bool, SpikeTrainFeatures)> = Vec::with_capacity(results.len());
+        let mut rows: Vec<SweepRow<'_>> = Vec::with_capacity(results.len());
         for (row, res) in &results {
             let (start, end) = (res.window_start_s, res.window_end_s);
             let (model, feats) = match &res.spikes {
@@ -780,7 +783,7 @@ impl TransformOperator for SweepOp {
             }
         }
         let kinds = batch.column_by_name("stimulus_kind").and_then(|c| arrow::compute::cast(c, &DataType::Utf8).ok());
-        let f64s = |f: &dyn Fn(&(usize, &SweepResult, bool, SpikeTrainFeatures)) -> Option<f64>| -> ArrayRef {
+        let f64s = |f: &dyn Fn(&SweepRow<'_>) -> Option<f64>| -> ArrayRef {
             Arc::new(rows.iter().map(f).collect::<Float64Array>())
         };
         let mut columns: Vec<ArrayRef> = vec![

@@ -6,7 +6,6 @@
 //! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
-pub mod dic;
 pub mod features;
 pub mod generic;
 pub mod ingest;
@@ -274,11 +273,6 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<ingest::IngestAbf>(),
         entry::<features::FeaturesSpikes>(),
         entry::<features::FeaturesSweep>(),
-        entry::<dic::IngestSpikeTimes>(),
-        entry::<dic::DicEstimate>(),
-        entry::<dic::DicPopulation>(),
-        entry::<dic::FeaturesBursts>(),
-        entry::<dic::DicValidate>(),
     ]
 }
 

@@ -1,0 +1,245 @@
+//! The ABF ingestion and feature stages, driven through the real binary on the two real ABF
+//! recordings (tests/fixtures/abf), checked against IPFX 2.1.2 run on pyABF's reading of the same
+//! files (tests/fixtures/featstage/ipfx_abf_reference.json, made by ipfx_abf_reference.py there).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_neurostream")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+const FILES: [&str; 2] = ["171116sh_0018", "17o05028_ic_steps"];
+
+/// A temp dir with `abf/` holding copies of the given fixture files (by stem) and the pipeline.
+fn workspace(stems: &[&str], pipeline: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("abf")).unwrap();
+    for stem in stems {
+        std::fs::copy(fixtures().join(format!("abf/{stem}.abf")), tmp.path().join(format!("abf/{stem}.abf"))).unwrap();
+    }
+    std::fs::write(tmp.path().join("p.toml"), pipeline).unwrap();
+    tmp
+}
+
+fn run(dir: &Path) -> Output {
+    Command::new(bin()).args(["run", "p.toml"]).current_dir(dir).output().unwrap()
+}
+
+/// A CSV file as rows of column -> text.
+fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines.map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect()).collect()
+}
+
+fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("featstage/ipfx_abf_reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// ingest -> (select keys) -> csv, and ingest -> features.spikes(filter) -> csv.
+fn spikes_pipeline(filter: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "t"
+
+[stages.sweeps]
+kind = "ingest.abf"
+paths = ["abf"]
+
+[stages.keys]
+kind = "transform.select"
+inputs = ["sweeps"]
+drop = ["stimulus", "response"]
+
+[stages.keys_csv]
+kind = "sink.csv"
+inputs = ["keys"]
+path = "out/sweeps.csv"
+
+[stages.spikes]
+kind = "features.spikes"
+inputs = ["sweeps"]
+filter_khz = {filter}
+
+[stages.spikes_csv]
+kind = "sink.csv"
+inputs = ["spikes"]
+path = "out/spikes.csv"
+"#
+    )
+}
+
+/// recording_id -> file stem, from the sweeps CSV; also checks the ingested sweep table.
+fn recording_files(dir: &Path) -> HashMap<String, String> {
+    let rows = read_csv(&dir.join("out/sweeps.csv"));
+    let mut ids = HashMap::new();
+    for r in &rows {
+        assert_eq!(r["sampling_rate_hz"].parse::<f64>().unwrap(), 20_000.0);
+        assert_eq!(r["response_units"], "mV");
+        assert_eq!(r["stimulus_units"], "pA");
+        assert_eq!(r["recording_id"].len(), 16);
+        ids.insert(r["recording_id"].clone(), r["file"].clone());
+    }
+    let count = |stem: &str| rows.iter().filter(|r| r["file"] == stem).count();
+    assert_eq!((count(FILES[0]), count(FILES[1])), (17, 16));
+    let kind = |stem: &str| rows.iter().find(|r| r["file"] == stem).unwrap()["stimulus_kind"].clone();
+    assert_eq!(kind(FILES[0]), "0113 steps dual -100 to 300 step 25");
+    assert_eq!(kind(FILES[1]), "0112 steps dual -50 to 150 step 10");
+    ids
+}
+
+fn check_against_ipfx(filter: &str, key: &str) {
+    let tmp = workspace(&FILES, &spikes_pipeline(filter));
+    let out = run(tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids = recording_files(tmp.path());
+    let spikes = read_csv(&tmp.path().join("out/spikes.csv"));
+    let reference = reference();
+    let mut compared = 0;
+    for stem in FILES {
+        for sweep in reference["files"][stem]["sweeps"].as_array().unwrap() {
+            let s = sweep["sweep"].as_i64().unwrap().to_string();
+            let ours: Vec<&HashMap<String, String>> =
+                spikes.iter().filter(|r| ids[&r["recording_id"]] == stem && r["sweep"] == s).collect();
+            let theirs = &sweep[key];
+            assert_eq!(ours.len() as u64, theirs["count"].as_u64().unwrap(), "{stem} sweep {s} ({key}): spike count");
+            for col in ["threshold_index", "peak_index"] {
+                let ours: Vec<u64> = ours.iter().map(|r| r[col].parse().unwrap()).collect();
+                let theirs: Vec<u64> = theirs[col].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+                assert_eq!(ours, theirs, "{stem} sweep {s} ({key}): {col}");
+            }
+            compared += ours.len();
+        }
+    }
+    assert!(compared > 400, "only {compared} spikes compared");
+}
+
+#[test]
+fn spike_counts_match_ipfx_on_real_abf_with_5khz_filter() {
+    check_against_ipfx("5", "filter_5khz");
+}
+
+#[test]
+fn spike_counts_match_ipfx_on_real_abf_without_filter() {
+    check_against_ipfx("\"none\"", "filter_none");
+}
+
+#[test]
+fn sweep_features_match_ipfx_in_the_stimulus_window() {
+    let pipeline = r#"
+[pipeline]
+name = "t"
+
+[stages.sweeps]
+kind = "ingest.abf"
+paths = ["abf/*.abf"]
+
+[stages.features]
+kind = "features.sweep"
+inputs = ["sweeps"]
+filter_khz = 5
+
+[stages.csv]
+kind = "sink.csv"
+inputs = ["features"]
+path = "out/features.csv"
+"#;
+    let tmp = workspace(&FILES, pipeline);
+    let out = run(tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = read_csv(&tmp.path().join("out/features.csv"));
+    assert_eq!(rows.len(), 33);
+    let reference = reference();
+    // Map recording ids to files by sweep count (17 vs 16 sweeps).
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in &rows {
+        *per_id.entry(r["recording_id"].clone()).or_default() += 1;
+    }
+    let mut max_rel = 0.0f64;
+    for r in &rows {
+        let stem = if per_id[&r["recording_id"]] == 17 { FILES[0] } else { FILES[1] };
+        let sweep: usize = r["sweep"].parse().unwrap();
+        let theirs = &reference["files"][stem]["sweeps"][sweep]["train_filter_5khz"];
+        let label = format!("{stem} sweep {sweep}");
+        assert_eq!(r["stimulus_found"], "true", "{label}");
+        let dt = 1.0 / 20_000.0;
+        assert_eq!(r["window_start"].parse::<f64>().unwrap(), theirs["window_start_index"].as_f64().unwrap() * dt, "{label}");
+        assert_eq!(r["window_end"].parse::<f64>().unwrap(), theirs["window_end_index"].as_f64().unwrap() * dt, "{label}");
+        assert_eq!(r["spike_count"].parse::<u64>().unwrap(), theirs["spike_count"].as_u64().unwrap(), "{label}: spike_count");
+        for key in ["avg_rate", "latency", "first_isi", "mean_isi", "median_isi", "isi_cv", "adapt"] {
+            let ours = r[key].parse::<f64>().ok();
+            let want = theirs.get(key).and_then(|x| x.as_f64());
+            match (ours, want) {
+                (Some(a), Some(b)) => {
+                    let rel = (a - b).abs() / b.abs().max(1e-12);
+                    max_rel = max_rel.max(rel);
+                    assert!(rel < 1e-9, "{label}: {key} ours {a} ipfx {b}");
+                }
+                (None, None) => {}
+                (a, b) => panic!("{label}: {key} ours {a:?} ipfx {b:?}"),
+            }
+        }
+    }
+    eprintln!("features.sweep vs IPFX: max relative difference {max_rel:e}");
+    // The stimulus amplitude of the first file's protocol: the larger of the variable step
+    // (-100 + 25 k pA) and the fixed -100 pA step (shared README); on a tie the first one (the
+    // variable step, which comes first).
+    for r in rows.iter().filter(|r| per_id[&r["recording_id"]] == 17) {
+        let k: f64 = r["sweep"].parse().unwrap();
+        let step = -100.0 + 25.0 * k;
+        let want = if step.abs() >= 100.0 { step } else { -100.0 };
+        assert_eq!(r["stimulus_amplitude"].parse::<f64>().unwrap(), want, "sweep {k}");
+    }
+}
+
+#[test]
+fn default_10khz_filter_is_refused_on_20khz_sweeps_with_advice() {
+    let tmp = workspace(&FILES[..1], &spikes_pipeline("10"));
+    let out = run(tmp.path());
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "every sweep should fail:\n{stderr}");
+    assert!(stderr.contains("20000 Hz"), "{stderr}");
+    assert!(stderr.contains("filter_khz = \"none\""), "{stderr}");
+}
+
+#[test]
+fn truncated_file_fails_alone() {
+    let tmp = workspace(&FILES, &spikes_pipeline("5"));
+    // A truncated copy of the first file (keeps the header, loses most of the data).
+    let bytes = std::fs::read(fixtures().join("abf/171116sh_0018.abf")).unwrap();
+    std::fs::write(tmp.path().join("abf/broken.abf"), &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::write(tmp.path().join("abf/garbage.abf"), b"not an abf file at all").unwrap();
+    let out = run(tmp.path());
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("broken.abf") && text.contains("truncated"), "{text}");
+    assert!(text.contains("garbage.abf") && text.contains("not an ABF file"), "{text}");
+    // the two good files still went through every stage
+    let ids = recording_files(tmp.path());
+    assert_eq!(ids.len(), 2);
+    let spikes = read_csv(&tmp.path().join("out/spikes.csv"));
+    let reference = reference();
+    for stem in FILES {
+        let want: u64 =
+            reference["files"][stem]["sweeps"].as_array().unwrap().iter().map(|s| s["filter_5khz"]["count"].as_u64().unwrap()).sum();
+        let ours = spikes.iter().filter(|r| ids[&r["recording_id"]] == stem).count() as u64;
+        assert_eq!(ours, want, "{stem}");
+    }
+}
+
+#[test]
+fn stages_are_listed_with_defaults() {
+    let out = Command::new(bin()).arg("stages").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for kind in ["ingest.abf", "features.spikes", "features.sweep"] {
+        assert!(text.contains(kind), "{kind} missing from `neurostream stages`:\n{text}");
+    }
+}
