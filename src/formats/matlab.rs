@@ -1068,59 +1068,10 @@ impl V73<'_> {
             return Err(self.malformed(path, format!("{n} elements cannot come from this file")));
         }
         let n = n as usize;
-        let err = |e: hdf5_reader::error::Error| self.malformed(path, e.to_string());
-        macro_rules! via {
-            ($t:ty) => {{
-                let mut buf: Vec<$t> = vec![<$t>::default(); n];
-                d.read_into(&mut buf).map_err(err)?;
-                buf.into_iter().map(|v| v as f64).collect()
-            }};
+        match super::hdf5::read_numbers_f64(d, n) {
+            Some(r) => r.map_err(|e| self.malformed(path, e.to_string())),
+            None => Err(self.malformed(path, format!("unsupported number type {:?}", d.dtype()))),
         }
-        Ok(match d.dtype().clone() {
-            Datatype::FloatingPoint { size: 4, .. } => via!(f32),
-            Datatype::FloatingPoint { size: 8, .. } => via!(f64),
-            Datatype::FixedPoint {
-                size: 1,
-                signed: true,
-                ..
-            } => via!(i8),
-            Datatype::FixedPoint {
-                size: 1,
-                signed: false,
-                ..
-            } => via!(u8),
-            Datatype::FixedPoint {
-                size: 2,
-                signed: true,
-                ..
-            } => via!(i16),
-            Datatype::FixedPoint {
-                size: 2,
-                signed: false,
-                ..
-            } => via!(u16),
-            Datatype::FixedPoint {
-                size: 4,
-                signed: true,
-                ..
-            } => via!(i32),
-            Datatype::FixedPoint {
-                size: 4,
-                signed: false,
-                ..
-            } => via!(u32),
-            Datatype::FixedPoint {
-                size: 8,
-                signed: true,
-                ..
-            } => via!(i64),
-            Datatype::FixedPoint {
-                size: 8,
-                signed: false,
-                ..
-            } => via!(u64),
-            other => return Err(self.malformed(path, format!("unsupported number type {other:?}"))),
-        })
     }
 }
 

@@ -2,5 +2,6 @@
 //! `inspect` summaries of them.
 pub mod abf;
 pub mod allen;
+mod hdf5;
 pub mod matlab;
 pub mod nwb;

@@ -419,67 +419,15 @@ impl Ctx {
             ));
         }
         let n = usize::try_from(n).map_err(|_| self.invalid(object, "too many elements"))?;
-        let err = |e| self.read(object, e);
-        macro_rules! via {
-            ($t:ty) => {{
-                let mut buf: Vec<$t> = vec![<$t>::default(); n];
-                ds.read_into(&mut buf).map_err(err)?;
-                buf.into_iter().map(|v| v as f64).collect()
-            }};
+        match super::hdf5::read_numbers_f64(ds, n) {
+            Some(r) => r.map_err(|e| self.read(object, e)),
+            None => Err(NwbError::WrongDtype {
+                file: self.file.clone(),
+                object: object.to_string(),
+                expected: "an integer or floating-point number".into(),
+                found: describe_dtype(&dtype),
+            }),
         }
-        let values: Vec<f64> = match dtype {
-            Datatype::FloatingPoint { size: 4, .. } => via!(f32),
-            Datatype::FloatingPoint { size: 8, .. } => via!(f64),
-            Datatype::FixedPoint {
-                size: 1,
-                signed: true,
-                ..
-            } => via!(i8),
-            Datatype::FixedPoint {
-                size: 1,
-                signed: false,
-                ..
-            } => via!(u8),
-            Datatype::FixedPoint {
-                size: 2,
-                signed: true,
-                ..
-            } => via!(i16),
-            Datatype::FixedPoint {
-                size: 2,
-                signed: false,
-                ..
-            } => via!(u16),
-            Datatype::FixedPoint {
-                size: 4,
-                signed: true,
-                ..
-            } => via!(i32),
-            Datatype::FixedPoint {
-                size: 4,
-                signed: false,
-                ..
-            } => via!(u32),
-            Datatype::FixedPoint {
-                size: 8,
-                signed: true,
-                ..
-            } => via!(i64),
-            Datatype::FixedPoint {
-                size: 8,
-                signed: false,
-                ..
-            } => via!(u64),
-            other => {
-                return Err(NwbError::WrongDtype {
-                    file: self.file.clone(),
-                    object: object.to_string(),
-                    expected: "an integer or floating-point number".into(),
-                    found: describe_dtype(&other),
-                });
-            }
-        };
-        Ok(values)
     }
 
     fn attr_f64(&self, ds: &Dataset, object: &str, name: &str) -> Result<Option<f64>, NwbError> {
