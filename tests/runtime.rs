@@ -167,3 +167,68 @@ print("rows", t.num_rows)
     use parquet::file::reader::FileReader;
     assert_eq!(reader.metadata().num_row_groups(), 1);
 }
+
+/// Disk full while writing checkpoints: the run fails with exit 1, naming the stage and the
+/// operating system's reason; no partial checkpoint is visible; once space is back, the same
+/// command completes. The run directory lives on a real 48 KiB tmpfs when this process may mount
+/// one (ENOSPC); otherwise the binary runs under RLIMIT_FSIZE (EFBIG from the same write calls,
+/// with SIGXFSZ ignored as a shell's `trap '' XFSZ` does).
+#[test]
+fn disk_full_while_writing_fails_cleanly_and_a_rerun_completes() {
+    let p = Project::new(&PIPELINE.replace("seed = 1", "seed = 1\nrun_dir = \"small/runs\""));
+    let small = p.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48k", "tmpfs"])
+        .arg(&small)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let out = if mounted {
+        p.neurostream(&["run", "pipeline.toml"])
+    } else {
+        std::process::Command::new("bash")
+            .args(["-c", &format!("trap '' XFSZ; ulimit -f 96; exec {} run pipeline.toml", bin())])
+            .current_dir(p.path())
+            .output()
+            .unwrap()
+    };
+    let err = stderr(&out);
+    let cleanup = || {
+        if mounted {
+            let _ = std::process::Command::new("umount").arg(&small).status();
+        }
+    };
+    if out.status.code() != Some(1) || !(err.contains("No space left on device") || err.contains("File too large")) {
+        cleanup();
+        panic!("expected exit 1 with the OS reason (mounted tmpfs: {mounted}), got {:?}:\n{err}", out.status.code());
+    }
+    let stage_named = ["sweeps", "spiking", "keep", "amplitudes", "export"].iter().any(|s| err.contains(&format!("`{s}`")));
+    let run_dir = small.join("runs/core");
+    // Every visible checkpoint is complete: its manifest parses and its parts are readable.
+    let mut visible = 0;
+    for stage in ["sweeps", "spiking", "keep", "amplitudes"] {
+        for cp in checkpoint::list(&run_dir.join(stage)) {
+            visible += 1;
+            let m = std::fs::read_to_string(cp.dir.join("manifest.json")).unwrap();
+            assert!(serde_json::from_str::<serde_json::Value>(&m).is_ok(), "{stage}: manifest {m}");
+            for part in std::fs::read_dir(&cp.dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "parquet")) {
+                let f = std::fs::File::open(part.path()).unwrap();
+                assert!(parquet::file::reader::SerializedFileReader::new(f).is_ok(), "{} is not a complete Parquet file", part.path().display());
+            }
+        }
+    }
+    // Space comes back: the same command completes and exports every row.
+    let ok = if mounted {
+        let r = std::process::Command::new("mount").args(["-o", "remount,size=64m"]).arg(&small).status().unwrap();
+        assert!(r.success());
+        p.neurostream(&["run", "pipeline.toml"])
+    } else {
+        p.neurostream(&["run", "pipeline.toml"])
+    };
+    let ok_err = stderr(&ok);
+    cleanup();
+    assert!(stage_named, "the message must name the stage:\n{err}");
+    assert!(ok.status.success(), "rerun after the disk was freed: {ok_err}");
+    eprintln!("disk full via {}: {visible} complete checkpoints visible after the failure", if mounted { "tmpfs" } else { "RLIMIT_FSIZE" });
+}

@@ -309,10 +309,13 @@ impl Actor for StageActor {
                 StageCounters::add(&c.rows_in, batch.num_rows() as u64);
                 StageCounters::add(&c.bytes_in, batch_bytes(&batch) as u64);
                 state.batch_seq += 1;
-                let fallback = format!("{} batch #{}", state.args.name, state.batch_seq);
-                let units = batch_units(&batch, &fallback);
+                let seq = state.batch_seq;
+                // Unit names are only needed when the call fails: computing them eagerly cost a
+                // String per row (the actor-graph overhead benchmark found it). A clone is an Arc bump.
+                let for_units = batch.clone();
                 let r = state.step(Step::Process(port, batch, credit)).await;
-                state.handle_result(r, || units).await;
+                let name = state.args.name.clone();
+                state.handle_result(r, || batch_units(&for_units, &format!("{name} batch #{seq}"))).await;
             }
             StageMsg::Eof { port: _, incomplete, failed } => {
                 state.incomplete |= incomplete;
