@@ -1,0 +1,204 @@
+//! Study-4 stages (`ingest.spike_times`, `dic.estimate`, `dic.population`, `features.bursts`,
+//! `dic.validate`, with `simulate.stg`) driven through the real binary on Spike2Pop's example
+//! trains (tests/fixtures/dicstage/stg_set.csv). Activity classes are checked against upstream
+//! Spike2Pop's SpikeFeatureExtractor labels of the same trains (stg_set_features.json).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_neurostream")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicstage")
+}
+
+fn workspace(csv: &str, pipeline: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("trains.csv"), csv).unwrap();
+    std::fs::write(tmp.path().join("p.toml"), pipeline).unwrap();
+    tmp
+}
+
+fn run(dir: &Path) -> (Output, String) {
+    let out = Command::new(bin()).args(["run", "p.toml"]).current_dir(dir).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out, text)
+}
+
+fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines.map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect()).collect()
+}
+
+fn upstream_labels() -> HashMap<String, &'static str> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("stg_set_features.json")).unwrap()).unwrap();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let label = match r["label"].as_u64().unwrap() {
+                1 => "spiking",
+                2 => "bursting",
+                _ => "silent",
+            };
+            (r["ID"].as_u64().unwrap().to_string(), label)
+        })
+        .collect()
+}
+
+/// The committed pipeline's chain with a coarser reference grid (so the debug-built test stays
+/// within a few minutes); everything else as in pipelines/dic_population.toml.
+const FULL: &str = r#"
+[pipeline]
+name = "t"
+seed = 4
+
+[stages.trains]
+kind = "ingest.spike_times"
+path = "trains.csv"
+
+[stages.targets]
+kind = "dic.estimate"
+inputs = ["trains"]
+g_s_points = 11
+g_u_points = 7
+cells_per_reference = 2
+neighbours = 3
+duration_ms = 5000.0
+
+[stages.population]
+kind = "dic.population"
+inputs = ["targets"]
+cells_per_target = 12
+
+[stages.simulated]
+kind = "simulate.stg"
+inputs = ["population"]
+dt_ms = 0.025
+duration_ms = 4000.0
+transient_ms = 3000.0
+gate_tables = true
+
+[stages.cells]
+kind = "features.bursts"
+inputs = ["simulated"]
+
+[stages.validation]
+kind = "dic.validate"
+inputs = ["cells"]
+
+[stages.export]
+kind = "sink.csv"
+inputs = ["validation"]
+path = "out/validation.csv"
+
+[stages.cells_table]
+kind = "transform.select"
+inputs = ["cells"]
+drop = ["spike_times", "target_spike_times"]
+
+[stages.export_cells]
+kind = "sink.csv"
+inputs = ["cells_table"]
+path = "out/cells.csv"
+"#;
+
+#[test]
+fn population_classes_match_the_example_trains() {
+    let csv = std::fs::read_to_string(fixtures().join("stg_set.csv")).unwrap();
+    let tmp = workspace(&csv, FULL);
+    let (out, text) = run(tmp.path());
+    assert!(out.status.success(), "{text}");
+    let labels = upstream_labels();
+    let rows = read_csv(&tmp.path().join("out/validation.csv"));
+    assert_eq!(rows.len(), 5, "{rows:?}\n{text}");
+    for r in &rows {
+        let want = labels[&r["recording_id"]];
+        // the estimator's class of the train = upstream Spike2Pop's label
+        assert_eq!(r["target_class"], want, "{r:?}");
+        // the generated population behaves like the train
+        assert_eq!(r["population_class"], want, "{r:?}");
+        let n: usize = r["n_cells"].parse().unwrap();
+        let matched: usize = r["n_class_match"].parse().unwrap();
+        assert!(n >= 6 && matched * 2 > n, "{r:?}");
+        let ratio: f64 = r["r_ratio"].parse().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{r:?}");
+    }
+    // every cell row carries its conductances and a residual within the reachability threshold
+    let cells = read_csv(&tmp.path().join("out/cells.csv"));
+    assert!(cells.len() >= 30);
+    for c in &cells {
+        let res: f64 = c["residual"].parse().unwrap();
+        assert!(res <= 0.1, "{c:?}");
+        for g in ["g_Na", "g_Kd", "g_CaT", "g_CaS", "g_KCa", "g_A", "g_H", "g_leak"] {
+            assert!(c[g].parse::<f64>().unwrap() >= 0.0);
+        }
+    }
+}
+
+const INGEST_ONLY: &str = r#"
+[pipeline]
+name = "t"
+
+[stages.trains]
+kind = "ingest.spike_times"
+path = "trains.csv"
+
+[stages.counts]
+kind = "transform.select"
+inputs = ["trains"]
+columns = ["recording_id", "spike_count"]
+
+[stages.export]
+kind = "sink.csv"
+inputs = ["counts"]
+path = "out/trains.csv"
+"#;
+
+#[test]
+fn bad_csv_rows_fail_alone() {
+    let good = std::fs::read_to_string(fixtures().join("stg_set.csv")).unwrap();
+    let mut csv = good.trim_end().to_string();
+    csv.push_str(
+        "\nunsorted,\"[1.0, 3.0, 2.0, 4.0]\"\n\
+         negative,\"[-1.0, 3.0, 5.0]\"\n\
+         dup,\"[1.0, 2.0, 2.0, 4.0]\"\n\
+         few,\"[1.0, 2.0]\"\n\
+         broken,\"[1.0, 2.0, 3.0\"\n\
+         words,\"[1.0, two, 3.0]\"\n\
+         1,\"[1.0, 2.0, 3.0]\"\n\
+         nocomma\n",
+    );
+    let tmp = workspace(&csv, INGEST_ONLY);
+    let (_out, text) = run(tmp.path());
+    for (id, reason) in [
+        ("unsorted", "not sorted"),
+        ("negative", "negative"),
+        ("dup", "duplicates"),
+        ("few", "at least 3"),
+        ("broken", "`]`"),
+        ("words", "not a number"),
+        ("1", "more than once"),
+        ("line 14", "no comma"),
+    ] {
+        assert!(text.contains(id) && text.contains(reason), "missing `{id}`: `{reason}` in:\n{text}");
+    }
+    let rows = read_csv(&tmp.path().join("out/trains.csv"));
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r["recording_id"].clone(), r["spike_count"].clone())).collect();
+    let want: Vec<(String, String)> =
+        [("1", "10"), ("2", "16"), ("3", "23"), ("4", "35"), ("5", "16")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn wrong_header_is_reported() {
+    let tmp = workspace("id;times\n1;[1,2,3]\n", INGEST_ONLY);
+    let (_out, text) = run(tmp.path());
+    assert!(text.contains("ID,spiking_times"), "{text}");
+}
