@@ -3,3 +3,6 @@
 
 pub mod spike_train;
 pub mod spikes;
+pub mod cell;
+pub mod subthreshold;
+pub mod units;
