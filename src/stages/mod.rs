@@ -6,11 +6,14 @@
 //! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
+pub mod dic;
 pub mod features;
 pub mod generic;
 pub mod ingest;
 pub mod schema;
 pub mod simulate;
+pub mod simulate_hh;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -270,9 +273,19 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<generic::Filter>(),
         entry::<simulate::SimulateGlif>(),
         entry::<simulate::SimulateStg>(),
+        entry::<simulate_hh::SimulateHh>(),
         entry::<ingest::IngestAbf>(),
         entry::<features::FeaturesSpikes>(),
         entry::<features::FeaturesSweep>(),
+        entry::<dic::IngestSpikeTimes>(),
+        entry::<dic::DicEstimate>(),
+        entry::<dic::DicPopulation>(),
+        entry::<dic::FeaturesBursts>(),
+        entry::<dic::DicValidate>(),
+        entry::<train::TrainRegress>(),
+        entry::<train::TrainClassify>(),
+        entry::<train::TrainCluster>(),
+        entry::<train::PredictModel>(),
     ]
 }
 

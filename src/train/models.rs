@@ -27,6 +27,9 @@ use rand_xoshiro::Xoshiro256Plus;
 use rand_xoshiro::rand_core::SeedableRng as SeedableRng06;
 use serde::{Deserialize, Serialize};
 use smartcore::ensemble::random_forest_classifier::{RandomForestClassifier, RandomForestClassifierParameters};
+use smartcore::ensemble::random_forest_regressor::{RandomForestRegressor, RandomForestRegressorParameters};
+use smartcore::neighbors::knn_regressor::{KNNRegressor, KNNRegressorParameters};
+use smartcore::tree::decision_tree_regressor::{DecisionTreeRegressor, DecisionTreeRegressorParameters};
 use smartcore::linalg::basic::matrix::DenseMatrix;
 use smartcore::linear::lasso::{Lasso, LassoParameters};
 use smartcore::linear::ridge_regression::{RidgeRegression, RidgeRegressionParameters};
@@ -143,6 +146,51 @@ pub enum ModelSpec {
         #[serde(default = "two")]
         min_samples_split: usize,
     },
+    /// Random forest regressor (smartcore, variance-reduction trees on bootstrap samples); the
+    /// prediction is the mean of the trees.
+    RandomForestRegressor {
+        /// Number of trees, ≥ 1, default 100.
+        #[serde(default = "hundred_usize")]
+        n_trees: usize,
+        /// Maximum depth per tree; absent = unlimited.
+        #[serde(default)]
+        max_depth: Option<u16>,
+        /// Features tried per split, ≥ 1; absent = all (scikit-learn's regressor default).
+        #[serde(default)]
+        max_features: Option<usize>,
+        #[serde(default = "two")]
+        min_samples_split: usize,
+        /// Minimum rows per leaf, ≥ 1, default 1.
+        #[serde(default = "one_usize")]
+        min_samples_leaf: usize,
+    },
+    /// Gradient-boosted regression trees, least-squares loss (Friedman 2001, "Greedy function
+    /// approximation: a gradient boosting machine", algorithm 2 "LS_Boost", with stochastic row
+    /// subsampling of Friedman 2002): F_0 = mean(y), then each stage fits a smartcore regression tree
+    /// to the residuals y − F_{m−1} on a seeded subsample and adds `learning_rate` times it.
+    GradientBoosting {
+        /// Boosting stages, ≥ 1, default 200.
+        #[serde(default = "two_hundred")]
+        n_estimators: usize,
+        /// Shrinkage ν in (0, 1], default 0.1.
+        #[serde(default = "tenth")]
+        learning_rate: f64,
+        /// Depth of each tree, ≥ 1, default 3.
+        #[serde(default = "three_u16")]
+        max_depth: u16,
+        /// Minimum rows per leaf, ≥ 1, default 1.
+        #[serde(default = "one_usize")]
+        min_samples_leaf: usize,
+        /// Fraction of rows drawn (without replacement) for each tree, (0, 1], default 1.
+        #[serde(default = "one")]
+        subsample: f64,
+    },
+    /// k-nearest-neighbour regressor (smartcore, Euclidean, mean of the neighbours).
+    KnnRegressor {
+        /// Neighbours, ≥ 1, default 5.
+        #[serde(default = "five")]
+        k: usize,
+    },
     /// Support vector classifier (linfa-svm, SMO); one-vs-rest with Platt-scaled scores for more
     /// than two classes.
     Svm {
@@ -212,6 +260,21 @@ pub enum ModelSpec {
 fn two() -> usize {
     2
 }
+fn one_usize() -> usize {
+    1
+}
+fn hundred_usize() -> usize {
+    100
+}
+fn two_hundred() -> usize {
+    200
+}
+fn tenth() -> f64 {
+    0.1
+}
+fn three_u16() -> u16 {
+    3
+}
 fn five() -> usize {
     5
 }
@@ -266,6 +329,9 @@ impl ModelSpec {
             Self::Poisson { .. } => "poisson",
             Self::DecisionTree { .. } => "decision_tree",
             Self::RandomForest { .. } => "random_forest",
+            Self::RandomForestRegressor { .. } => "random_forest_regressor",
+            Self::GradientBoosting { .. } => "gradient_boosting",
+            Self::KnnRegressor { .. } => "knn_regressor",
             Self::Svm { .. } => "svm",
             Self::Knn { .. } => "knn",
             Self::GaussianNb {} => "gaussian_nb",
@@ -278,7 +344,13 @@ impl ModelSpec {
 
     pub fn task(&self) -> Task {
         match self {
-            Self::Linear {} | Self::Ridge { .. } | Self::Lasso { .. } | Self::Poisson { .. } => Task::Regression,
+            Self::Linear {}
+            | Self::Ridge { .. }
+            | Self::Lasso { .. }
+            | Self::Poisson { .. }
+            | Self::RandomForestRegressor { .. }
+            | Self::GradientBoosting { .. }
+            | Self::KnnRegressor { .. } => Task::Regression,
             Self::Logistic { .. }
             | Self::DecisionTree { .. }
             | Self::RandomForest { .. }
@@ -307,7 +379,26 @@ impl ModelSpec {
             Self::DecisionTree { min_samples_split, .. } | Self::RandomForest { min_samples_split, .. } if min_samples_split < 2 => {
                 bad("min_samples_split", format!("must be >= 2, got {min_samples_split}"))
             }
-            Self::RandomForest { n_trees: 0, .. } => bad("n_trees", "must be >= 1".into()),
+            Self::RandomForest { n_trees: 0, .. } | Self::RandomForestRegressor { n_trees: 0, .. } => bad("n_trees", "must be >= 1".into()),
+            Self::RandomForestRegressor { min_samples_split, .. } if min_samples_split < 2 => {
+                bad("min_samples_split", format!("must be >= 2, got {min_samples_split}"))
+            }
+            Self::RandomForestRegressor { max_depth: Some(0), .. } => bad("max_depth", "must be >= 1".into()),
+            Self::RandomForestRegressor { max_features: Some(m), .. } if m == 0 || m > n_features => {
+                bad("max_features", format!("must be in 1..={n_features}, got {m}"))
+            }
+            Self::RandomForestRegressor { min_samples_leaf: 0, .. } | Self::GradientBoosting { min_samples_leaf: 0, .. } => {
+                bad("min_samples_leaf", "must be >= 1".into())
+            }
+            Self::GradientBoosting { n_estimators: 0, .. } => bad("n_estimators", "must be >= 1".into()),
+            Self::GradientBoosting { max_depth: 0, .. } => bad("max_depth", "must be >= 1".into()),
+            Self::GradientBoosting { learning_rate, .. } if !(learning_rate > 0.0 && learning_rate <= 1.0) => {
+                bad("learning_rate", format!("must be in (0, 1], got {learning_rate}"))
+            }
+            Self::GradientBoosting { subsample, .. } if !(subsample > 0.0 && subsample <= 1.0) => {
+                bad("subsample", format!("must be in (0, 1], got {subsample}"))
+            }
+            Self::KnnRegressor { k: 0 } => bad("k", "must be >= 1".into()),
             Self::RandomForest { max_depth: Some(0), .. } => bad("max_depth", "must be >= 1".into()),
             Self::RandomForest { max_features: Some(m), .. } if m == 0 || m > n_features => {
                 bad("max_features", format!("must be in 1..={n_features}, got {m}"))
@@ -471,6 +562,9 @@ impl Standardizer {
 }
 
 type SmartForest = RandomForestClassifier<f64, u32, DenseMatrix<f64>, Vec<u32>>;
+type SmartForestRegressor = RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>;
+type SmartTreeRegressor = DecisionTreeRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>;
+type SmartKnnRegressor = KNNRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>, Euclidian<f64>>;
 type SmartKnn = KNNClassifier<f64, u32, DenseMatrix<f64>, Vec<u32>, Euclidian<f64>>;
 type SmartNb = GaussianNB<f64, u32, DenseMatrix<f64>, Vec<u32>>;
 type SmartRidge = RidgeRegression<f64, f64, DenseMatrix<f64>, Vec<f64>>;
@@ -489,6 +583,10 @@ enum Backend {
     Poisson { coefficients: Vec<f64>, intercept: f64 },
     DecisionTree(linfa_trees::DecisionTree<f64, usize>),
     RandomForest(SmartForest),
+    RandomForestRegressor(SmartForestRegressor),
+    /// F(x) = initial + learning_rate · Σ tree_m(x).
+    GradientBoosting { initial: f64, learning_rate: f64, trees: Vec<SmartTreeRegressor> },
+    KnnRegressor(SmartKnnRegressor),
     /// One Platt-scaled SVM per class (one-vs-rest); a single one for two classes.
     Svm { machines: Vec<Svm<f64, Pr>> },
     Knn(SmartKnn),
@@ -571,7 +669,7 @@ pub fn fit(spec: &ModelSpec, options: &FitOptions, data: &TrainingData) -> Resul
             let Target::Values(y) = &data.target else {
                 return Err(ModelError::WrongTarget { model, needs: "a numeric target column" });
             };
-            fit_regression(spec, x, y)?
+            fit_regression(spec, x, y, options.seed)?
         }
         Task::Classification => {
             let Target::Classes { labels, classes: names } = &data.target else {
@@ -596,7 +694,55 @@ pub fn fit(spec: &ModelSpec, options: &FitOptions, data: &TrainingData) -> Resul
     })
 }
 
-fn fit_regression(spec: &ModelSpec, x: Array2<f64>, y: &[f64]) -> Result<Backend, ModelError> {
+/// Least-squares gradient boosting (see [`ModelSpec::GradientBoosting`]). Each stage's tree is
+/// fitted on a seeded subsample (drawn without replacement) of the current residuals; all rows'
+/// predictions are then updated, so the next residuals are exact.
+#[allow(clippy::too_many_arguments)] // a plain kernel: every hyperparameter is explicit
+fn fit_gradient_boosting(
+    x: &Array2<f64>,
+    y: &[f64],
+    n_estimators: usize,
+    learning_rate: f64,
+    max_depth: u16,
+    min_samples_leaf: usize,
+    subsample: f64,
+    seed: u64,
+) -> Result<Backend, ModelError> {
+    let err = backend("gradient_boosting");
+    let n = y.len();
+    let initial = y.iter().sum::<f64>() / n as f64;
+    let mut f = vec![initial; n];
+    let all = dense(x)?;
+    let n_sub = ((subsample * n as f64).round() as usize).clamp(1, n);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    let params = DecisionTreeRegressorParameters::default().with_max_depth(max_depth).with_min_samples_leaf(min_samples_leaf);
+    let mut trees = Vec::with_capacity(n_estimators);
+    for _ in 0..n_estimators {
+        let residual: Vec<f64> = y.iter().zip(&f).map(|(a, b)| a - b).collect();
+        let tree = if n_sub == n {
+            DecisionTreeRegressor::fit(&all, &residual, params.clone()).map_err(|e| err(&e))?
+        } else {
+            // Partial Fisher-Yates: the first n_sub entries are a uniform sample without replacement.
+            for i in 0..n_sub {
+                let j = rng.random_range(i..n);
+                order.swap(i, j);
+            }
+            let rows = &order[..n_sub];
+            let xs = dense(&x.select(Axis(0), rows))?;
+            let rs: Vec<f64> = rows.iter().map(|&i| residual[i]).collect();
+            DecisionTreeRegressor::fit(&xs, &rs, params.clone()).map_err(|e| err(&e))?
+        };
+        let step = tree.predict(&all).map_err(|e| err(&e))?;
+        for (fi, si) in f.iter_mut().zip(&step) {
+            *fi += learning_rate * si;
+        }
+        trees.push(tree);
+    }
+    Ok(Backend::GradientBoosting { initial, learning_rate, trees })
+}
+
+fn fit_regression(spec: &ModelSpec, x: Array2<f64>, y: &[f64], seed: u64) -> Result<Backend, ModelError> {
     let model = spec.name();
     let err = backend(model);
     let y_arr = Array1::from(y.to_vec());
@@ -616,6 +762,28 @@ fn fit_regression(spec: &ModelSpec, x: Array2<f64>, y: &[f64]) -> Result<Backend
             }
             let (coefficients, intercept) = fit_poisson_irls(&x, y, alpha, max_iterations)?;
             Backend::Poisson { coefficients, intercept }
+        }
+        ModelSpec::RandomForestRegressor { n_trees, max_depth, max_features, min_samples_split, min_samples_leaf } => {
+            let mut p = RandomForestRegressorParameters::default()
+                .with_n_trees(n_trees)
+                .with_min_samples_split(min_samples_split)
+                .with_min_samples_leaf(min_samples_leaf)
+                .with_m(max_features.unwrap_or(x.ncols()))
+                .with_seed(seed);
+            if let Some(d) = max_depth {
+                p = p.with_max_depth(d);
+            }
+            Backend::RandomForestRegressor(RandomForestRegressor::fit(&dense(&x)?, &y.to_vec(), p).map_err(|e| err(&e))?)
+        }
+        ModelSpec::GradientBoosting { n_estimators, learning_rate, max_depth, min_samples_leaf, subsample } => {
+            fit_gradient_boosting(&x, y, n_estimators, learning_rate, max_depth, min_samples_leaf, subsample, seed)?
+        }
+        ModelSpec::KnnRegressor { k } => {
+            if k > x.nrows() {
+                return Err(ModelError::BadData(format!("k = {k} neighbours but only {} training rows", x.nrows())));
+            }
+            let p = KNNRegressorParameters::default().with_k(k);
+            Backend::KnnRegressor(KNNRegressor::fit(&dense(&x)?, &y.to_vec(), p).map_err(|e| err(&e))?)
         }
         _ => unreachable!("fit_regression is only called for regression specs"),
     })
@@ -867,6 +1035,18 @@ impl FittedModel {
             Backend::LogisticBinary(m) => Prediction::Classes(m.predict(&x).to_vec()),
             Backend::LogisticMulti(m) => Prediction::Classes(m.predict(&x).to_vec()),
             Backend::DecisionTree(m) => Prediction::Classes(m.predict(&x).to_vec()),
+            Backend::RandomForestRegressor(m) => Prediction::Values(m.predict(&dense(&x)?).map_err(|e| err(&e))?),
+            Backend::KnnRegressor(m) => Prediction::Values(m.predict(&dense(&x)?).map_err(|e| err(&e))?),
+            Backend::GradientBoosting { initial, learning_rate, trees } => {
+                let d = dense(&x)?;
+                let mut out = vec![*initial; x.nrows()];
+                for t in trees {
+                    for (o, s) in out.iter_mut().zip(t.predict(&d).map_err(|e| err(&e))?) {
+                        *o += learning_rate * s;
+                    }
+                }
+                Prediction::Values(out)
+            }
             Backend::RandomForest(m) => to_usize(m.predict(&dense(&x)?).map_err(|e| err(&e))?),
             Backend::Knn(m) => to_usize(m.predict(&dense(&x)?).map_err(|e| err(&e))?),
             Backend::GaussianNb(m) => to_usize(m.predict(&dense(&x)?).map_err(|e| err(&e))?),
