@@ -202,3 +202,122 @@ fn wrong_header_is_reported() {
     let (_out, text) = run(tmp.path());
     assert!(text.contains("ID,spiking_times"), "{text}");
 }
+
+/// The spike-times-to-DIC loop of pipelines/dic_train.toml at a small size: targets held out by
+/// the `split` column never train the model (checked from the prediction table), the regressors
+/// beat the constant (training-mean) predictor on the held-out targets, and the trained model
+/// files then drive `dic.estimate` on Spike2Pop's example trains with the upstream classes.
+#[test]
+fn dic_train_loop_trains_on_train_targets_and_feeds_the_estimator() {
+    let pipeline = r#"
+[pipeline]
+name = "t"
+seed = 11
+
+[stages.targets]
+kind = "dic.targets"
+n = 150
+test_fraction = 0.3
+
+[stages.population]
+kind = "dic.population"
+inputs = ["targets"]
+cells_per_target = 2
+spike_column = ""
+drop_unreachable = true
+
+[stages.simulated]
+kind = "simulate.stg"
+inputs = ["population"]
+dt_ms = 0.025
+duration_ms = 4000.0
+transient_ms = 3000.0
+gate_tables = true
+
+[stages.classes]
+kind = "features.bursts"
+inputs = ["simulated"]
+target_column = ""
+
+[stages.isi]
+kind = "features.isi"
+inputs = ["classes"]
+
+[stages.dics]
+kind = "train.regress"
+inputs = ["isi"]
+features = ["isi_features"]
+target = ["g_s_target", "g_u_target"]
+model = { model = "gradient_boosting", n_estimators = 60, max_depth = 3 }
+validation = { method = "split", column = "split", train = ["train"], test = ["test"] }
+drop_incomplete_rows = true
+keep = ["recording_id", "split"]
+artifacts = "models"
+
+[stages.export]
+kind = "sink.csv"
+inputs = ["dics"]
+path = "out/predictions.csv"
+"#;
+    let tmp = workspace("", pipeline);
+    let (out, text) = run(tmp.path());
+    assert!(out.status.success(), "{text}");
+    let rows = read_csv(&tmp.path().join("out/predictions.csv"));
+    assert!(rows.len() > 50, "{} held-out cells", rows.len());
+    assert!(rows.iter().all(|r| r["split"] == "test"), "only held-out targets are scored");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("models/metrics.json")).unwrap()).unwrap();
+    for t in ["g_s_target", "g_u_target"] {
+        let y: Vec<f64> = rows.iter().map(|r| r[t].parse().unwrap()).collect();
+        let p: Vec<f64> = rows.iter().map(|r| r[&format!("{t}_predicted")].parse().unwrap()).collect();
+        let mae = y.iter().zip(&p).map(|(a, b)| (a - b).abs()).sum::<f64>() / y.len() as f64;
+        let reported = m["targets"][t]["pooled"]["values"]["mae"].as_f64().unwrap();
+        assert!((mae - reported).abs() < 1e-9, "{t}: metrics.json MAE {reported} vs predictions {mae}");
+        // The constant predictor: the mean target of the uniform design, the plane's centre.
+        let centre = if t == "g_s_target" { 0.0 } else { 10.0 };
+        let base = y.iter().map(|a| (a - centre).abs()).sum::<f64>() / y.len() as f64;
+        assert!(mae < 0.8 * base, "{t}: MAE {mae} vs constant predictor {base}");
+    }
+    assert!(tmp.path().join("models/model-g_s_target.json").exists() && tmp.path().join("models/metrics.parquet").exists());
+
+    // The trained models replace the reference set of dic.estimate.
+    let csv = std::fs::read_to_string(fixtures().join("stg_set.csv")).unwrap();
+    std::fs::write(tmp.path().join("trains.csv"), csv).unwrap();
+    std::fs::write(
+        tmp.path().join("p.toml"),
+        r#"
+[pipeline]
+name = "u"
+
+[stages.trains]
+kind = "ingest.spike_times"
+path = "trains.csv"
+
+[stages.targets]
+kind = "dic.estimate"
+inputs = ["trains"]
+model_g_s = "models/model-g_s_target.json"
+model_g_u = "models/model-g_u_target.json"
+
+[stages.table]
+kind = "transform.select"
+inputs = ["targets"]
+drop = ["spike_times"]
+
+[stages.export]
+kind = "sink.csv"
+inputs = ["table"]
+path = "out/targets.csv"
+"#,
+    )
+    .unwrap();
+    let (out, text) = run(tmp.path());
+    assert!(out.status.success(), "{text}");
+    let labels = upstream_labels();
+    let est = read_csv(&tmp.path().join("out/targets.csv"));
+    assert_eq!(est.len(), 5);
+    for r in &est {
+        assert_eq!(r["target_class"], labels[&r["recording_id"]], "{r:?}");
+        let (gs, gu): (f64, f64) = (r["g_s_target"].parse().unwrap(), r["g_u_target"].parse().unwrap());
+        assert!((-20.0..=20.0).contains(&gs) && (0.0..=20.0).contains(&gu), "{r:?}");
+    }
+}

@@ -1250,42 +1250,4 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&HhParams::classic()).unwrap()).unwrap();
         assert_eq!(p, HhParams::classic());
     }
-
-    /// Speed probe (run: `cargo test --release -- --ignored --nocapture hh_speed`): 10,000 neurons
-    /// × 1 s at 0.01 ms, single thread and all threads; timings are printed, not asserted; the spike
-    /// total is checked against brian2's.
-    #[test]
-    #[ignore]
-    fn hh_speed() {
-        let n = 10_000;
-        let bias: Vec<f64> = (0..n).map(|i| 500.0 * (i + 1) as f64 / n as f64).collect();
-        let run = HhRun {
-            dt_ms: 0.01,
-            n_steps: 100_000,
-            threshold_mv: -20.0,
-            record_neurons: vec![],
-            record_every_steps: 1,
-        };
-        let drive = HhDrive {
-            bias_pa: &bias,
-            waveform: None,
-            waveform_gain: None,
-        };
-        for threads in [1, rayon::current_num_threads()] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let t0 = std::time::Instant::now();
-            let out = pool.install(|| simulate(&HhParams::traub_miles(), &run, &drive).unwrap());
-            let s = t0.elapsed().as_secs_f64();
-            let spikes: usize = out.spike_counts().iter().sum();
-            // brian2 2.9.0 cpp_standalone on the same network (`peer_brian2_n10000.json`): 436153
-            assert_eq!(spikes, 436_153);
-            println!(
-                "threads {threads}: {s:.2} s wall, {:.3e} neuron-steps/s, {spikes} spikes",
-                (n * run.n_steps) as f64 / s
-            );
-        }
-    }
 }

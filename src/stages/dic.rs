@@ -44,6 +44,7 @@ use crate::dic::compensation::{NeuromodulationConfig, SeedConfig, generate_neuro
 use crate::dic::features::{ActivityClass, SpikeTrainFeatures, extract_features, van_rossum_distance};
 use crate::dic::{CalciumRoute, dics};
 use crate::error::{Error, Result};
+use crate::train::models::FittedModel;
 use crate::simulate::stg::{self, CONDUCTANCE_NAMES, GateTables, N_CONDUCTANCES, SimulationConfig, StgParams};
 
 /// Errors of the kernels of this module (row parsing, reference set, estimation).
@@ -105,7 +106,7 @@ fn is_f64_list(t: &DataType) -> bool {
 }
 
 /// Milliseconds per unit of a spike-time column (`ms` or `s`), or the issue.
-fn ms_per_unit(schema: &Schema, column: &str, key: &str) -> std::result::Result<f64, Issue> {
+pub(super) fn ms_per_unit(schema: &Schema, column: &str, key: &str) -> std::result::Result<f64, Issue> {
     let Ok(f) = schema.field_with_name(column) else {
         return Err(Issue::at(&[key], format!("the input has no column `{column}` (spike times needed); it has: {}", super::schema::column_list(schema))));
     };
@@ -121,7 +122,7 @@ fn ms_per_unit(schema: &Schema, column: &str, key: &str) -> std::result::Result<
 }
 
 /// The rows of a list<f64> column as ms (null → None), scaled by `ms_per_unit`.
-fn lists_ms(batch: &RecordBatch, name: &str, ms_per_unit: f64) -> Result<Vec<Option<Vec<f64>>>> {
+pub(super) fn lists_ms(batch: &RecordBatch, name: &str, ms_per_unit: f64) -> Result<Vec<Option<Vec<f64>>>> {
     let col = batch.column_by_name(name).ok_or_else(|| Error::msg(format!("no column `{name}` in the batch")))?;
     let col = arrow::compute::cast(col, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
     let l = col.as_list::<i64>();
@@ -158,7 +159,7 @@ fn require_column(schema: &Schema, column: &str, expected: &str, accept: impl Fn
     super::schema::require(schema, "inputs[0]", column, expected, accept, None, &["inputs"])
 }
 
-fn no_clash(schema: &Schema, added: &[&str]) -> Vec<Issue> {
+pub(super) fn no_clash(schema: &Schema, added: &[&str]) -> Vec<Issue> {
     schema
         .fields()
         .iter()
@@ -680,9 +681,121 @@ pub struct DicEstimate {
     /// Reference cells farther than this from their target (‖(g_s, g_u) − target‖₂) are dropped [g_leak].
     #[serde(default = "default_max_residual")]
     pub max_residual: f64,
+    /// Trained models (`model-g_s_target.json`, `model-g_u_target.json` of a `train.regress` on
+    /// `features.isi`, e.g. `pipelines/dic_train.toml`): when both are given they replace the
+    /// k-nearest-neighbour reference set [path].
+    #[serde(default)]
+    pub model_g_s: Option<String>,
+    /// See `model_g_s` [path].
+    #[serde(default)]
+    pub model_g_u: Option<String>,
+    /// Trained models per activity class, used instead of `model_g_s` / `model_g_u`:
+    /// `{ spiking = { g_s = "...", g_u = "..." }, bursting = { g_s = "...", g_u = "..." } }`.
+    /// Tonic spiking is degenerate in g_s (many targets fire alike): a class-blind regressor
+    /// averages spiking and bursting targets and can land where the population bursts; one
+    /// regressor per class (the class is exact from the spike times) keeps the estimate inside
+    /// the train's own class [table].
+    #[serde(default)]
+    pub models_by_class: Option<ClassModels>,
+    /// Simulation-based refinement of each estimate (see [`Refine`]); absent = none [table].
+    #[serde(default)]
+    pub refine: Option<Refine>,
+}
+
+fn d_refine_step() -> f64 {
+    2.0
+}
+fn d_refine_radius() -> usize {
+    1
+}
+fn d_refine_cells() -> usize {
+    8
+}
+fn d_refine_duration() -> f64 {
+    4000.0
+}
+
+/// Refinement of an estimate by simulation: the (2r+1)² targets on a grid of `step` around the
+/// estimate each get `cells` neuromodulated cells, simulated with the validation protocol
+/// (`duration_ms` after the estimate's `transient_ms`); the target whose population matches the
+/// train's class in most cells, then lies nearest to the train in mean van Rossum distance,
+/// replaces the estimate. The regression gives the conditional mean of (g_s, g_u), which for a
+/// degenerate train (tonic spiking) or one near the spiking/bursting border can fall where the
+/// population does something else; a few simulations check it against the train itself.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Refine {
+    /// Grid step in g_s [g_leak].
+    #[serde(default = "d_refine_step")]
+    pub step_g_s: f64,
+    /// Grid step in g_u [g_leak].
+    #[serde(default = "d_refine_step")]
+    pub step_g_u: f64,
+    /// Grid half-width in steps (1 = 3 x 3 candidates) [steps].
+    #[serde(default = "d_refine_radius")]
+    pub radius: usize,
+    /// Cells simulated per candidate [cells].
+    #[serde(default = "d_refine_cells")]
+    pub cells: usize,
+    /// Simulated time per cell, the estimate's `transient_ms` included [ms].
+    #[serde(default = "d_refine_duration")]
+    pub duration_ms: f64,
+}
+
+/// Paths of a (g_s, g_u) regressor pair.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPair {
+    pub g_s: String,
+    pub g_u: String,
+}
+
+/// One regressor pair per non-silent activity class.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassModels {
+    pub spiking: ModelPair,
+    pub bursting: ModelPair,
+}
+
+/// Loaded estimator models: one pair for every class, or one pair per class.
+pub struct EstimatorModels {
+    any: Option<(FittedModel, FittedModel)>,
+    spiking: Option<(FittedModel, FittedModel)>,
+    bursting: Option<(FittedModel, FittedModel)>,
 }
 
 impl DicEstimate {
+    fn models(&self, ctx: &StageContext) -> std::result::Result<Option<EstimatorModels>, Issue> {
+        let load = |key: &str, p: &str| -> std::result::Result<FittedModel, Issue> {
+            let path = ctx.resolve(p);
+            let m = FittedModel::from_file(&path).map_err(|e| Issue::at(&[key], e))?;
+            let want: Vec<String> = (0..super::dic_data::ISI_FEATURE_NAMES.len()).map(|i| format!("isi_features[{i}]")).collect();
+            if m.feature_names != want {
+                return Err(Issue::at(&[key], format!("{}: the model was not trained on the {} `isi_features` of features.isi", path.display(), want.len())));
+            }
+            Ok(m)
+        };
+        let any = match (&self.model_g_s, &self.model_g_u) {
+            (None, None) => None,
+            (Some(a), Some(b)) => Some((load("model_g_s", a)?, load("model_g_u", b)?)),
+            _ => return Err(Issue::at(&["model_g_s"], "give both model_g_s and model_g_u, or neither")),
+        };
+        let by = match &self.models_by_class {
+            None => None,
+            Some(_) if any.is_some() => return Err(Issue::at(&["models_by_class"], "give models_by_class or model_g_s / model_g_u, not both")),
+            Some(c) => Some((
+                (load("models_by_class", &c.spiking.g_s)?, load("models_by_class", &c.spiking.g_u)?),
+                (load("models_by_class", &c.bursting.g_s)?, load("models_by_class", &c.bursting.g_u)?),
+            )),
+        };
+        Ok(match (any, by) {
+            (None, None) => None,
+            (any, Some((sp, bu))) => Some(EstimatorModels { any, spiking: Some(sp), bursting: Some(bu) }),
+            (any, None) => Some(EstimatorModels { any, spiking: None, bursting: None }),
+        })
+    }
+
     fn protocol(&self) -> ReferenceProtocol {
         ReferenceProtocol {
             g_s_range: (self.g_s_min, self.g_s_max, self.g_s_points),
@@ -712,7 +825,7 @@ fn check_sim(issues: &mut Vec<Issue>, dt_ms: f64, duration_ms: f64, transient_ms
 
 impl StageConfig for DicEstimate {
     const KIND: &'static str = "dic.estimate";
-    const SUMMARY: &'static str = "Spike train -> target (g_s, g_u): kNN in ISI-statistics space over a simulated reference set (not DICsNet)";
+    const SUMMARY: &'static str = "Spike train -> target (g_s, g_u): trained regressors on features.isi, or kNN in ISI-statistics space over a simulated reference set";
     const CODE_VERSION: u32 = 1;
 
     fn arity() -> Arity {
@@ -748,7 +861,34 @@ impl StageConfig for DicEstimate {
         if !(self.max_residual.is_finite() && self.max_residual > 0.0) {
             issues.push(Issue::at(&["max_residual"], "must be finite and > 0"));
         }
+        if let Err(i) = self.models(_ctx) {
+            issues.push(i);
+        }
+        if let Some(r) = &self.refine {
+            for (k, v) in [("step_g_s", r.step_g_s), ("step_g_u", r.step_g_u)] {
+                if !(v.is_finite() && v > 0.0) {
+                    issues.push(Issue::at(&["refine", k], format!("{v} must be finite and > 0")));
+                }
+            }
+            if r.radius > 5 {
+                issues.push(Issue::at(&["refine", "radius"], "at most 5 (121 candidates)"));
+            }
+            if r.cells == 0 || r.cells > 1000 {
+                issues.push(Issue::at(&["refine", "cells"], "must be in 1..=1000"));
+            }
+            if !(r.duration_ms.is_finite() && r.duration_ms > self.transient_ms) {
+                issues.push(Issue::at(&["refine", "duration_ms"], "must be finite and longer than transient_ms"));
+            }
+        }
         issues
+    }
+
+    fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
+        let mut paths: Vec<&String> = self.model_g_s.iter().chain(&self.model_g_u).collect();
+        if let Some(c) = &self.models_by_class {
+            paths.extend([&c.spiking.g_s, &c.spiking.g_u, &c.bursting.g_s, &c.bursting.g_u]);
+        }
+        Ok(paths.into_iter().map(|p| ctx.resolve(p)).collect())
     }
 
     fn output_schema(&self, _ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
@@ -779,6 +919,7 @@ impl StageConfig for DicEstimate {
             seed: ctx.seed,
             ms_per_unit: scale,
             reference: None,
+            models: self.models(ctx).map_err(|i| Error::msg(i.message))?.map(Arc::new),
             schema: output.clone(),
         })))
     }
@@ -790,19 +931,98 @@ struct EstimateOperator {
     ms_per_unit: f64,
     /// Built on the first batch (so validating a pipeline costs nothing).
     reference: Option<Arc<ReferenceSet>>,
+    /// Trained (g_s, g_u) regressors on features.isi, used instead of the reference set.
+    models: Option<Arc<EstimatorModels>>,
     schema: SchemaRef,
+}
+
+/// See [`Refine`]. Candidates are scored by (class-match share, −mean van Rossum distance); the
+/// estimate stays when no candidate's population matches the class in more than half its cells.
+fn refine_estimate(cfg: &DicEstimate, r: &Refine, e: Estimate, train_ms: &[f64], seed: u64) -> std::result::Result<Estimate, DicStageError> {
+    let params = StgParams::default();
+    let sim = SimulationConfig { dt_ms: cfg.dt_ms, duration_ms: r.duration_ms, transient_ms: cfg.transient_ms, ..SimulationConfig::default() };
+    let tables = GateTables::new(cfg.dt_ms).map_err(|e| DicStageError::BadTrain(e.to_string()))?;
+    let u0 = stg::default_initial_state();
+    let k = r.radius as i64;
+    let mut candidates = Vec::new();
+    for i in -k..=k {
+        for j in -k..=k {
+            let (gs, gu) = (e.g_s + i as f64 * r.step_g_s, e.g_u + j as f64 * r.step_g_u);
+            if gu >= 0.0 {
+                candidates.push((gs, gu));
+            }
+        }
+    }
+    let mut best: Option<(f64, f64, (f64, f64))> = None;
+    for (c, &(gs, gu)) in candidates.iter().enumerate() {
+        let Ok(pop) = population_for_target(r.cells, seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), gs, gu, cfg.v_th_mv, cfg.iterations, cfg.max_residual) else {
+            continue;
+        };
+        if pop.conductances.is_empty() {
+            continue;
+        }
+        let sims = stg::simulate_population_with_tables(&pop.conductances, &u0, &params, &sim, &tables);
+        let (mut matched, mut dist, mut n) = (0usize, 0.0, 0usize);
+        for s in sims.iter().flatten() {
+            n += 1;
+            if extract_features(&s.spike_times_ms).is_ok_and(|f| f.label == e.class) {
+                matched += 1;
+            }
+            if s.spike_times_ms.len() >= 2 {
+                if let Ok(d) = van_rossum_distance(train_ms, &s.spike_times_ms, 0.1, 1e-6) {
+                    dist += d;
+                }
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        let share = matched as f64 / n as f64;
+        let mean_d = dist / n as f64;
+        if share > 0.5 && best.is_none_or(|b| share > b.0 || (share == b.0 && mean_d < b.1)) {
+            best = Some((share, mean_d, (gs, gu)));
+        }
+    }
+    Ok(match best {
+        Some((_, _, (gs, gu))) => Estimate { g_s: gs, g_u: gu, ..e },
+        None => e,
+    })
+}
+
+/// The estimate of a trained pair of regressors on the train's ISI features (class from the
+/// Spike2Pop rule, as the reference-set estimate does).
+fn estimate_with_models(all: &EstimatorModels, times_ms: &[f64]) -> std::result::Result<Estimate, DicStageError> {
+    let f = extract_features(times_ms).map_err(|e| DicStageError::BadTrain(e.to_string()))?;
+    let models = match f.label {
+        ActivityClass::Silent => return Err(DicStageError::Silent),
+        ActivityClass::Spiking => all.spiking.as_ref().or(all.any.as_ref()),
+        ActivityClass::Bursting => all.bursting.as_ref().or(all.any.as_ref()),
+    }
+    .expect("a pair for every class");
+    let v = super::dic_data::isi_feature_vector(times_ms).ok_or_else(|| DicStageError::BadTrain("zero or non-finite ISI".into()))?;
+    let names: Vec<String> = (0..v.len()).map(|i| format!("isi_features[{i}]")).collect();
+    let x = ndarray::Array2::from_shape_vec((1, v.len()), v.to_vec()).expect("1 x 23");
+    let one = |m: &FittedModel| -> std::result::Result<f64, DicStageError> {
+        match m.predict(&names, x.view()) {
+            Ok(crate::train::models::Prediction::Values(p)) => Ok(p[0]),
+            Ok(_) => Err(DicStageError::BadTrain("the model is not a regressor".into())),
+            Err(e) => Err(DicStageError::BadTrain(e.to_string())),
+        }
+    };
+    Ok(Estimate { class: f.label, g_s: one(&models.0)?, g_u: one(&models.1)?, distance: f64::NAN, neighbours: 0 })
 }
 
 impl TransformOperator for EstimateOperator {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
-        if self.reference.is_none() {
+        if self.reference.is_none() && self.models.is_none() {
             let r = build_reference(&self.cfg.protocol(), self.seed).map_err(|e| Error::msg(format!("building the reference set: {e}")))?;
             if r.cells.is_empty() {
                 return Err(Error::msg("the reference set has no spiking or bursting cell; widen the grid"));
             }
             self.reference = Some(Arc::new(r));
         }
-        let reference = self.reference.clone().expect("built");
+        let reference = self.reference.clone();
+        let models = self.models.clone();
         let ids = string_column(&batch, "recording_id")?;
         let trains = lists_ms(&batch, &self.cfg.spike_column, self.ms_per_unit)?;
         let mut keep = Vec::new();
@@ -813,7 +1033,16 @@ impl TransformOperator for EstimateOperator {
                 out.fail(unit, "null spike train");
                 continue;
             };
-            match estimate_targets(&reference, train, self.cfg.neighbours) {
+            let e = match (&models, &reference) {
+                (Some(m), _) => estimate_with_models(m, train),
+                (None, Some(r)) => estimate_targets(r, train, self.cfg.neighbours),
+                (None, None) => unreachable!("reference built above"),
+            };
+            let e = match (e, &self.cfg.refine) {
+                (Ok(e), Some(r)) => refine_estimate(&self.cfg, r, e, train, unit_seed(self.seed, &unit)),
+                (e, _) => e,
+            };
+            match e {
                 Ok(e) => {
                     keep.push(row as u32);
                     est.push(e);
@@ -937,6 +1166,10 @@ pub struct DicPopulation {
     /// validation (empty string: none) [column].
     #[serde(default = "default_spike_column")]
     pub spike_column: String,
+    /// Leave unreachable targets out silently instead of failing them (data-set generation over
+    /// a plane that has unreachable corners; the count is in the stage's row counters) [bool].
+    #[serde(default)]
+    pub drop_unreachable: bool,
 }
 
 const POPULATION_ADDED: [&str; 18] = [
@@ -1052,6 +1285,9 @@ impl TransformOperator for PopulationOperator {
                 }
             };
             let kept = pop.conductances.len();
+            if kept < min_kept && self.cfg.drop_unreachable {
+                continue;
+            }
             if kept < min_kept {
                 out.fail(
                     unit,

@@ -7,6 +7,7 @@
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
 pub mod dic;
+pub mod dic_data;
 pub mod features;
 pub mod generic;
 pub mod ingest;
@@ -282,6 +283,8 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<dic::DicPopulation>(),
         entry::<dic::FeaturesBursts>(),
         entry::<dic::DicValidate>(),
+        entry::<dic_data::DicTargets>(),
+        entry::<dic_data::FeaturesIsi>(),
         entry::<train::TrainRegress>(),
         entry::<train::TrainClassify>(),
         entry::<train::TrainCluster>(),

@@ -977,7 +977,8 @@ fn default_prediction_column() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictModel {
-    /// The `model.json` of a training stage, relative to the pipeline file [path].
+    /// The `model.json` of a training stage (or the same zstd-compressed, `.json.zst`), relative to
+    /// the pipeline file [path].
     pub model: String,
     /// Name of the column the predictions go to [column].
     #[serde(default = "default_prediction_column")]
@@ -986,9 +987,7 @@ pub struct PredictModel {
 
 impl PredictModel {
     fn load(&self, ctx: &StageContext) -> std::result::Result<FittedModel, String> {
-        let path = ctx.resolve(&self.model);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        FittedModel::from_json(&text).map_err(|e| format!("{}: not a neurostream model file: {e}", path.display()))
+        FittedModel::from_file(&ctx.resolve(&self.model))
     }
 
     /// The input columns the model's features come from (`name[i]` comes from list column `name`).
