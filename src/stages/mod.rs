@@ -14,6 +14,7 @@ pub mod schema;
 pub mod simulate;
 pub mod simulate_hh;
 pub mod train;
+pub mod units;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -277,6 +278,8 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<ingest::IngestAbf>(),
         entry::<features::FeaturesSpikes>(),
         entry::<features::FeaturesSweep>(),
+        entry::<units::IngestCellExplorer>(),
+        entry::<units::FeaturesUnits>(),
         entry::<dic::IngestSpikeTimes>(),
         entry::<dic::DicEstimate>(),
         entry::<dic::DicPopulation>(),
