@@ -6,6 +6,7 @@
 //! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
+pub mod cell;
 pub mod dic;
 pub mod features;
 pub mod generic;
@@ -280,6 +281,8 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<features::FeaturesSweep>(),
         entry::<units::IngestCellExplorer>(),
         entry::<units::FeaturesUnits>(),
+        entry::<cell::FeaturesCell>(),
+        entry::<cell::FeaturesSubthreshold>(),
         entry::<dic::IngestSpikeTimes>(),
         entry::<dic::DicEstimate>(),
         entry::<dic::DicPopulation>(),
