@@ -60,7 +60,7 @@ pub enum NoFilter {
 }
 
 impl Cutoff {
-    fn khz(self) -> Option<f64> {
+    pub(crate) fn khz(self) -> Option<f64> {
         match self {
             Cutoff::Khz(k) => Some(k),
             Cutoff::Off(_) => None,
@@ -82,10 +82,10 @@ pub enum WindowMode {
     FirstStep,
 }
 
-fn d_filter() -> Cutoff {
+pub(crate) fn d_filter() -> Cutoff {
     Cutoff::Khz(10.0)
 }
-fn d_heavy() -> Cutoff {
+pub(crate) fn d_heavy() -> Cutoff {
     Cutoff::Khz(1.0)
 }
 fn d_tol_pa() -> f64 {
@@ -95,9 +95,9 @@ fn d_true() -> bool {
     true
 }
 macro_rules! default_fns {
-    ($($f:ident),*) => { $( pub(super) fn $f() -> f64 { SpikeDetectionParams::default().$f } )* };
+    ($($f:ident),*) => { $( pub(crate) fn $f() -> f64 { SpikeDetectionParams::default().$f } )* };
 }
-mod defaults {
+pub(crate) mod defaults {
     use super::SpikeDetectionParams;
     default_fns!(
         dv_cutoff_v_per_s, max_interval_s, min_height_mv, min_peak_mv, thresh_frac, reject_at_stim_start_interval_s,

@@ -6,6 +6,7 @@
 //! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
+pub mod cell;
 pub mod dic;
 pub mod dic_data;
 pub mod features;
@@ -15,6 +16,7 @@ pub mod schema;
 pub mod simulate;
 pub mod simulate_hh;
 pub mod train;
+pub mod units;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -278,6 +280,10 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<ingest::IngestAbf>(),
         entry::<features::FeaturesSpikes>(),
         entry::<features::FeaturesSweep>(),
+        entry::<units::IngestCellExplorer>(),
+        entry::<units::FeaturesUnits>(),
+        entry::<cell::FeaturesCell>(),
+        entry::<cell::FeaturesSubthreshold>(),
         entry::<dic::IngestSpikeTimes>(),
         entry::<dic::DicEstimate>(),
         entry::<dic::DicPopulation>(),
