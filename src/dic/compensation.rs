@@ -733,4 +733,43 @@ mod tests {
         eprintln!("neuromodulated population: kept {}/64, residual mean {mean_res:e}, max {max_res:e}", a.conductances.len());
         assert!(mean_res < 1e-2 && max_res < 0.1, "mean {mean_res}, max {max_res}");
     }
+
+    /// The thesis residual study (spec §4.2, targets g_s ∈ [−15, 15], g_u ∈ [0.5, 15],
+    /// target-dependent priors): with the reachability set the pipeline uses
+    /// ([`best_compensation_set`]) the mean residual falls with every iteration and is below the
+    /// thesis table's means (0.067 after 5 iterations, 0.011 after 10). With (CaS, A) forced on
+    /// every target, as the spec words that table, about 40% of the cells diverge (their calcium
+    /// fixed point runs away), so no mean of ours follows the table; `examples/compensation_residuals.rs`
+    /// prints both over the full 5,000 targets × 250 cells.
+    #[test]
+    fn residuals_with_the_reachability_set_meet_the_thesis_table() {
+        use rand::{RngExt, SeedableRng, rngs::StdRng};
+        let p = StgParams::default();
+        let route = CalciumRoute::ThesisTauCa;
+        let mut rng = StdRng::seed_from_u64(5);
+        let targets: Vec<(f64, f64)> = (0..1000).map(|_| (rng.random_range(-15.0..15.0), rng.random_range(0.5..15.0))).collect();
+        let mean_at = |iterations: usize| -> f64 {
+            let (mut sum, mut n) = (0.0, 0usize);
+            for (k, &(gs, gu)) in targets.iter().enumerate() {
+                let seeds = generate_spiking_population(25, k as u64, &SeedConfig::default(), &p, route).unwrap();
+                let t = DicTargets { g_f: None, g_s: Some(gs), g_u: Some(gu) };
+                let set = best_compensation_set(gs, gu);
+                for seed in seeds.into_iter().flatten() {
+                    let Ok(g) = compensate_iterative(-51.0, &t, &seed, &set, &fitted_priors(gs), iterations, &p, route) else { continue };
+                    if let Ok(s) = super::super::sensitivity_matrix(-51.0, &g, &p, route, true) {
+                        let d = s.apply(&g);
+                        sum += ((d.g_s - gs).powi(2) + (d.g_u - gu).powi(2)).sqrt();
+                        n += 1;
+                    }
+                }
+            }
+            assert!(n > 20_000, "{n} solved cells");
+            sum / n as f64
+        };
+        let m: Vec<f64> = [0, 1, 2, 5, 10].iter().map(|&i| mean_at(i)).collect();
+        eprintln!("mean residual at 0, 1, 2, 5, 10 iterations: {m:?}");
+        assert!(m.windows(2).all(|w| w[1] < w[0]), "falls with every iteration: {m:?}");
+        // Thesis means (spec §4.2): 1 iteration 0.4072, 2: 0.2434, 5: 0.0667, 10: 0.0106.
+        assert!(m[1] <= 0.4072 && m[2] <= 0.2434 && m[3] <= 0.0667 && m[4] <= 0.0106, "{m:?}");
+    }
 }
