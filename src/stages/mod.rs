@@ -6,8 +6,10 @@
 //! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
+pub mod allen;
 pub mod dic;
 pub mod features;
+pub mod features_trace;
 pub mod generic;
 pub mod ingest;
 pub mod schema;
@@ -275,8 +277,11 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<simulate::SimulateStg>(),
         entry::<simulate_hh::SimulateHh>(),
         entry::<ingest::IngestAbf>(),
+        entry::<allen::IngestAllenSweeps>(),
+        entry::<allen::SimulateGlifReplay>(),
         entry::<features::FeaturesSpikes>(),
         entry::<features::FeaturesSweep>(),
+        entry::<features_trace::FeaturesTrace>(),
         entry::<dic::IngestSpikeTimes>(),
         entry::<dic::DicEstimate>(),
         entry::<dic::DicPopulation>(),
@@ -286,6 +291,7 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<train::TrainClassify>(),
         entry::<train::TrainCluster>(),
         entry::<train::PredictModel>(),
+        entry::<allen::EvaluateRegression>(),
     ]
 }
 
