@@ -380,10 +380,10 @@ impl TransformOperator for ReplayOp {
             .collect();
         let mut count: Vec<Option<i64>> = vec![None; n];
         let mut status: Vec<Option<String>> = vec![None; n];
-        for r in 0..n {
+        for (r, st) in status.iter_mut().enumerate() {
             let selected = names.is_valid(r) && self.cfg.stimulus_names.iter().any(|x| x == names.value(r));
             if selected {
-                status[r] = Some(if configs.is_valid(r) { "no_square".into() } else { "no_model".into() });
+                *st = Some(if configs.is_valid(r) { "no_square".into() } else { "no_model".into() });
             }
         }
         for (r, res) in results {

@@ -428,7 +428,7 @@ mod tests {
         for (k, w) in want.iter().enumerate() {
             assert!((l[k] - w).abs() < 1e-9, "{}: {} vs {w}", LEVEL_STATS[k], l[k]);
         }
-        assert!((l[9] - 4100.771_455_544_95).abs() < 1e-6, "{}", l[9]);
+        assert!((l[9] - 4_100.771_455_544_95).abs() < 1e-6, "{}", l[9]);
         // np.corrcoef(x[:-1], x[1:])[0, 1] = -0.1806827218347102
         let a = s.acf[0].unwrap();
         assert!((a - (-0.180_682_721_834_710_2)).abs() < 1e-12, "{a}");
