@@ -169,7 +169,31 @@ fn allen_spikecounts_on_four_cells() {
     let ls = base.iter().find(|r| r["scope"] == "stimulus_name=Long Square").unwrap();
     assert!(ls["r2"].parse::<f64>().unwrap().is_finite());
 
-    // The Long Square hybrid and the study's own rows (amplitude only, five cell-grouped folds).
+    // Excitability from other sweep types: a Short Square row never carries the Short Square
+    // threshold; every other row of a cell carries the smallest Short Square amplitude whose
+    // sweep spiked, as read from the JSON here.
+    let exc = read_columns(&run_dir, "excitability", &["recording_id", "stimulus_name"], &["short_square_threshold_pa", "stimulus_amplitude"]);
+    assert_eq!(exc.len(), n_sweeps);
+    for c in cells {
+        let p = repo().join("data/allen_glif_cells").join(c).join("ephys_sweeps.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let v = v.as_array().unwrap();
+        let id = v[0]["specimen_id"].as_u64().unwrap().to_string();
+        let want = v
+            .iter()
+            .filter(|s| s["stimulus_name"] == "Short Square" && s["num_spikes"].as_i64().unwrap_or(0) > 0)
+            .map(|s| s["stimulus_absolute_amplitude"].as_f64().unwrap())
+            .fold(f64::INFINITY, f64::min);
+        for (s, f) in exc.iter().filter(|(s, _)| s[0] == id) {
+            if s[1] == "Short Square" {
+                assert_eq!(f[0], None, "{id}: a Short Square row sees the Short Square threshold");
+            } else {
+                assert_eq!(f[0], Some(want), "{id}/{}", s[1]);
+            }
+        }
+    }
+
+    // The Long Square model and the study's own rows (amplitude only, five cell-grouped folds).
     let m = metrics(&run_dir, "counts_long_square");
     assert_eq!(m["rows_used"].as_u64(), Some(by_name("Long Square")));
     let m = metrics(&run_dir, "study_counts");
@@ -201,6 +225,30 @@ fn read_preds(run_dir: &Path, stage: &str) -> Vec<(String, i64, i64, f64)> {
             let y = b.column_by_name("spike_count").unwrap().as_primitive::<Float64Type>().clone();
             for r in 0..b.num_rows() {
                 out.push((ids.value(r).to_string(), sweep.value(r), fold.value(r), y.value(r)));
+            }
+        }
+    }
+    out
+}
+
+/// String and float columns of a stage's checkpoint, row by row (null = None).
+fn read_columns(run_dir: &Path, stage: &str, strings: &[&str], floats: &[&str]) -> Vec<(Vec<String>, Vec<Option<f64>>)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Float64Type;
+    let dirs: Vec<PathBuf> = std::fs::read_dir(run_dir.join(stage)).unwrap().flatten().map(|e| e.path()).filter(|p| p.join("manifest.json").exists()).collect();
+    assert_eq!(dirs.len(), 1, "{stage}: one checkpoint");
+    let mut out = Vec::new();
+    for part in std::fs::read_dir(&dirs[0]).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")) {
+        let file = std::fs::File::open(&part).unwrap();
+        for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
+            let b = b.unwrap();
+            let s: Vec<_> = strings.iter().map(|c| b.column_by_name(c).unwrap().as_string::<i32>().clone()).collect();
+            let f: Vec<_> = floats.iter().map(|c| b.column_by_name(c).unwrap().as_primitive::<Float64Type>().clone()).collect();
+            for r in 0..b.num_rows() {
+                out.push((
+                    s.iter().map(|a| a.value(r).to_string()).collect(),
+                    f.iter().map(|a| (!a.is_null(r)).then(|| a.value(r))).collect(),
+                ));
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod dic;
 pub mod features;
 pub mod features_trace;
 pub mod generic;
+pub mod group_stats;
 pub mod ingest;
 pub mod schema;
 pub mod simulate;
@@ -282,6 +283,7 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<features::FeaturesSpikes>(),
         entry::<features::FeaturesSweep>(),
         entry::<features_trace::FeaturesTrace>(),
+        entry::<group_stats::FeaturesGroupStats>(),
         entry::<dic::IngestSpikeTimes>(),
         entry::<dic::DicEstimate>(),
         entry::<dic::DicPopulation>(),
