@@ -6,11 +6,14 @@
 //! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
 //! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
 
+pub mod allen;
 pub mod cell;
 pub mod dic;
 pub mod dic_data;
 pub mod features;
+pub mod features_trace;
 pub mod generic;
+pub mod group_stats;
 pub mod ingest;
 pub mod schema;
 pub mod simulate;
@@ -278,12 +281,16 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<simulate::SimulateStg>(),
         entry::<simulate_hh::SimulateHh>(),
         entry::<ingest::IngestAbf>(),
+        entry::<allen::IngestAllenSweeps>(),
+        entry::<allen::SimulateGlifReplay>(),
         entry::<features::FeaturesSpikes>(),
         entry::<features::FeaturesSweep>(),
         entry::<units::IngestCellExplorer>(),
         entry::<units::FeaturesUnits>(),
         entry::<cell::FeaturesCell>(),
         entry::<cell::FeaturesSubthreshold>(),
+        entry::<features_trace::FeaturesTrace>(),
+        entry::<group_stats::FeaturesGroupStats>(),
         entry::<dic::IngestSpikeTimes>(),
         entry::<dic::DicEstimate>(),
         entry::<dic::DicPopulation>(),
@@ -295,6 +302,7 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<train::TrainClassify>(),
         entry::<train::TrainCluster>(),
         entry::<train::PredictModel>(),
+        entry::<allen::EvaluateRegression>(),
     ]
 }
 

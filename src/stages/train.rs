@@ -538,15 +538,15 @@ struct TrainOperator<K: TaskKind> {
 
 /// The metrics of one scope (all rows pooled, one fold, or one value of `report_by`).
 #[derive(Debug, Clone, Serialize, Default)]
-struct Scores {
-    rows: usize,
+pub(crate) struct Scores {
+    pub(crate) rows: usize,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    values: BTreeMap<String, f64>,
+    pub(crate) values: BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     confusion: Option<Vec<Vec<u64>>>,
 }
 
-fn regression_scores(y: &[f64], p: &[f64]) -> Scores {
+pub(crate) fn regression_scores(y: &[f64], p: &[f64]) -> Scores {
     let mut s = Scores { rows: y.len(), ..Default::default() };
     if let Ok(v) = metrics::r2_score(y, p) {
         s.values.insert("r2".into(), v);
