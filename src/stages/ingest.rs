@@ -127,6 +127,16 @@ impl StageConfig for IngestAbf {
             .map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))
     }
 
+    /// A single folder or `folder/*.abf` glob can be watched (`run --watch`): each new recording
+    /// is one increment.
+    fn watch(&self, ctx: &StageContext) -> Option<super::WatchSource> {
+        single_folder_watch(ctx, &self.paths, "abf")
+    }
+
+    fn restrict_to(&self, files: &[PathBuf]) -> Option<Self> {
+        Some(IngestAbf { paths: files.iter().map(|f| f.to_string_lossy().to_string()).collect(), ..self.clone() })
+    }
+
     fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
         Ok(Operator::Source(Box::new(AbfSource {
             files: self.external_inputs(ctx)?,
@@ -247,6 +257,162 @@ fn read_abf_batch(path: &Path, cfg: &IngestAbf, schema: &SchemaRef) -> std::resu
         repeat(&adc.name),
         repeat(&adc.units),
         repeat(&dac_units),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| format!("{label}: {e}"))?;
+    Ok((id, batch))
+}
+
+// ================================================================================================
+// ingest.nwb
+// ================================================================================================
+
+/// Reads NWB 2 intracellular-electrophysiology files (`CurrentClampSeries` with their paired
+/// `CurrentClampStimulusSeries`, pynwb's layout) into the same sweeps table as `ingest.abf`:
+/// membrane potential in mV and command in pA (NWB stores volts and amperes with a conversion
+/// factor; the reader applies it), one batch per file, each file one recording named by its
+/// content hash. A file with missing or mistyped pieces fails alone, naming the file and the
+/// HDF5 path.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestNwb {
+    /// NWB files, glob patterns or folders (every `*.nwb` directly inside), relative to the
+    /// pipeline file [paths].
+    pub paths: Vec<String>,
+    /// Hex digits of the file's blake3 hash kept as `recording_id` (8..=64) [digits].
+    #[serde(default = "default_hash_hex_chars")]
+    pub hash_hex_chars: usize,
+}
+
+impl StageConfig for IngestNwb {
+    const KIND: &'static str = "ingest.nwb";
+    const SUMMARY: &'static str = "Read NWB 2 current-clamp files (paths, globs, folders) into the sweeps table, one batch per file";
+    const CODE_VERSION: u32 = 1;
+
+    fn arity() -> Arity {
+        Arity::Source
+    }
+
+    fn check(&self, ctx: &StageContext) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        if self.paths.is_empty() {
+            issues.push(Issue::at(&["paths"], "give at least one NWB file, glob pattern or folder"));
+        } else if let Err(mut e) = expand_paths(ctx, "paths", &self.paths, "nwb") {
+            issues.append(&mut e);
+        }
+        if !(8..=64).contains(&self.hash_hex_chars) {
+            issues.push(Issue::at(&["hash_hex_chars"], format!("{} is outside 8..=64 hex digits", self.hash_hex_chars)));
+        }
+        issues
+    }
+
+    fn output_schema(&self, _ctx: &StageContext, _inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
+        Ok(abf_sweeps_schema())
+    }
+
+    fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
+        expand_paths(ctx, "paths", &self.paths, "nwb").map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))
+    }
+
+    fn watch(&self, ctx: &StageContext) -> Option<super::WatchSource> {
+        single_folder_watch(ctx, &self.paths, "nwb")
+    }
+
+    fn restrict_to(&self, files: &[PathBuf]) -> Option<Self> {
+        Some(IngestNwb { paths: files.iter().map(|f| f.to_string_lossy().to_string()).collect(), ..self.clone() })
+    }
+
+    fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
+        Ok(Operator::Source(Box::new(NwbSource { files: self.external_inputs(ctx)?, next_file: 0, seen: HashSet::new(), config: self.clone(), schema: output.clone() })))
+    }
+}
+
+/// The folder and pattern `run --watch` watches for a source given one folder or one
+/// `folder/*.ext` glob (`None` for explicit file lists).
+fn single_folder_watch(ctx: &StageContext, paths: &[String], ext: &str) -> Option<super::WatchSource> {
+    let [only] = paths else { return None };
+    let full = ctx.resolve(only);
+    if full.is_dir() {
+        return Some(super::WatchSource { folder: full, pattern: glob::Pattern::new(&format!("*.{ext}")).ok()? });
+    }
+    let name = full.file_name()?.to_string_lossy().to_string();
+    let folder = full.parent()?.to_path_buf();
+    (name.contains('*') && folder.is_dir() && !folder.to_string_lossy().contains('*'))
+        .then(|| glob::Pattern::new(&name).ok().map(|pattern| super::WatchSource { folder, pattern }))
+        .flatten()
+}
+
+struct NwbSource {
+    files: Vec<PathBuf>,
+    next_file: usize,
+    seen: HashSet<String>,
+    config: IngestNwb,
+    schema: SchemaRef,
+}
+
+impl SourceOperator for NwbSource {
+    fn next(&mut self, out: &mut Emitter) -> Result<bool> {
+        let Some(path) = self.files.get(self.next_file).cloned() else {
+            return Ok(false);
+        };
+        self.next_file += 1;
+        let label = path.display().to_string();
+        match read_nwb_batch(&path, &self.config, &self.schema) {
+            Ok((id, batch)) => {
+                if self.seen.insert(id.clone()) {
+                    out.emit(batch);
+                } else {
+                    tracing::warn!("{label}: same content as an earlier file (recording {id}); skipped");
+                }
+            }
+            Err(message) => out.fail(label, message),
+        }
+        Ok(self.next_file < self.files.len())
+    }
+}
+
+fn read_nwb_batch(path: &Path, cfg: &IngestNwb, schema: &SchemaRef) -> std::result::Result<(String, RecordBatch), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+    let id = content_id(&bytes, cfg.hash_hex_chars);
+    drop(bytes);
+    let label = path.display().to_string();
+    let nwb = crate::formats::nwb::read_nwb_icephys(path).map_err(|e| e.to_string())?;
+    if nwb.sweeps.is_empty() {
+        return Err(format!("{label}: no CurrentClampSeries in /acquisition"));
+    }
+    let n = nwb.sweeps.len();
+    let mut responses: Vec<&[f32]> = Vec::with_capacity(n);
+    let mut stimuli: Vec<&[f32]> = Vec::with_capacity(n);
+    for s in &nwb.sweeps {
+        let Some(st) = &s.stimulus else {
+            return Err(format!("{label}: response `{}` has no paired CurrentClampStimulusSeries", s.response.path));
+        };
+        if st.values.len() != s.response.values.len() || (st.rate_hz - s.response.rate_hz).abs() > 1e-9 * s.response.rate_hz {
+            return Err(format!(
+                "{label}: stimulus `{}` ({} samples at {} Hz) does not match response `{}` ({} samples at {} Hz)",
+                st.path,
+                st.values.len(),
+                st.rate_hz,
+                s.response.path,
+                s.response.values.len(),
+                s.response.rate_hz
+            ));
+        }
+        responses.push(&s.response.values);
+        stimuli.push(&st.values);
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let repeat = |s: &str| -> ArrayRef { Arc::new(StringArray::from(vec![s; n])) };
+    let columns: Vec<ArrayRef> = vec![
+        repeat(&id),
+        Arc::new(Int64Array::from_iter_values(nwb.sweeps.iter().enumerate().map(|(i, s)| s.sweep_number.map_or(i as i64, |k| k as i64)))),
+        Arc::new(StringArray::from_iter_values(nwb.sweeps.iter().map(|s| s.response.stimulus_description.clone().unwrap_or_default()))),
+        Arc::new(Float64Array::from_iter_values(nwb.sweeps.iter().map(|s| s.response.rate_hz))),
+        Arc::new(f32_list_array(&list_item_field(schema, "stimulus"), &stimuli).map_err(|e| e.to_string())?),
+        Arc::new(f32_list_array(&list_item_field(schema, "response"), &responses).map_err(|e| e.to_string())?),
+        repeat(&stem),
+        Arc::new(StringArray::from_iter_values(nwb.sweeps.iter().map(|s| s.response.electrode.clone().unwrap_or_else(|| s.response.path.clone())))),
+        repeat("mV"),
+        repeat("pA"),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| format!("{label}: {e}"))?;
     Ok((id, batch))

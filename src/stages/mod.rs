@@ -281,6 +281,7 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<simulate::SimulateStg>(),
         entry::<simulate_hh::SimulateHh>(),
         entry::<ingest::IngestAbf>(),
+        entry::<ingest::IngestNwb>(),
         entry::<allen::IngestAllenSweeps>(),
         entry::<allen::SimulateGlifReplay>(),
         entry::<features::FeaturesSpikes>(),

@@ -1,0 +1,85 @@
+//! Ingestion stages through the real binary: `ingest.nwb` on pynwb-written files (made from the
+//! real ABF recordings, every 4th sample; tests/fixtures/nwbmat/make_nwb.py) gives the same sweeps
+//! as `ingest.abf` on the ABF itself, and an NWB file with a missing piece fails alone, named.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::Command;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Float32Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn read(path: &Path) -> RecordBatch {
+    let r = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
+    let batches: Vec<RecordBatch> = r.map(Result::unwrap).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+fn list_f32(b: &RecordBatch, col: &str, row: usize) -> Vec<f32> {
+    let l = b.column_by_name(col).unwrap().as_list::<i64>().value(row);
+    l.as_primitive::<Float32Type>().values().to_vec()
+}
+
+#[test]
+fn nwb_sweeps_equal_the_abf_sweeps_they_were_written_from_and_a_broken_file_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("nwb")).unwrap();
+    std::fs::copy(fixtures().join("nwbmat/icephys_171116sh_0018.nwb"), d.join("nwb/icephys_171116sh_0018.nwb")).unwrap();
+    std::fs::copy(fixtures().join("nwbmat/bad_no_data.nwb"), d.join("nwb/bad_no_data.nwb")).unwrap();
+    std::fs::copy(fixtures().join("abf/171116sh_0018.abf"), d.join("171116sh_0018.abf")).unwrap();
+    std::fs::write(
+        d.join("p.toml"),
+        r#"
+[pipeline]
+name = "ingest"
+
+[stages.nwb]
+kind = "ingest.nwb"
+paths = ["nwb"]
+
+[stages.abf]
+kind = "ingest.abf"
+paths = ["171116sh_0018.abf"]
+
+[stages.nwb_out]
+kind = "sink.parquet"
+inputs = ["nwb"]
+path = "out/nwb.parquet"
+
+[stages.abf_out]
+kind = "sink.parquet"
+inputs = ["abf"]
+path = "out/abf.parquet"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "p.toml"]).current_dir(d).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "the broken file makes the run exit 1:\n{text}");
+    assert!(text.contains("bad_no_data.nwb"), "the broken file is named:\n{text}");
+    let nwb = read(&d.join("out/nwb.parquet"));
+    let abf = read(&d.join("out/abf.parquet"));
+    assert_eq!(nwb.num_rows(), 3, "sweeps 0, 8, 16 of the ABF were written to NWB");
+    let sweeps = nwb.column_by_name("sweep").unwrap().as_primitive::<arrow::datatypes::Int64Type>().values().to_vec();
+    assert_eq!(sweeps, vec![0, 8, 16]);
+    let rate = nwb.column_by_name("sampling_rate_hz").unwrap().as_primitive::<arrow::datatypes::Float64Type>().value(0);
+    // make_nwb.py keeps every 4th sample of the 20 kHz recording (fixture size).
+    assert_eq!(rate, 5_000.0);
+    for (row, &sweep) in sweeps.iter().enumerate() {
+        for (col, tol) in [("response", 1e-4_f32), ("stimulus", 1e-3)] {
+            let a = list_f32(&nwb, col, row);
+            let b: Vec<f32> = list_f32(&abf, col, sweep as usize).into_iter().step_by(4).collect();
+            assert_eq!(a.len(), b.len(), "{col} sweep {sweep}");
+            let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(max <= tol * b.iter().fold(1.0f32, |m, v| m.max(v.abs())), "{col} sweep {sweep}: max difference {max}");
+        }
+    }
+    let units = nwb.column_by_name("response_units").unwrap().as_string::<i32>().value(0).to_string();
+    assert_eq!(units, "mV");
+}
