@@ -38,6 +38,12 @@ pub enum Command {
         /// With --watch: stop after this many seconds without a new file (default: until Ctrl-C).
         #[arg(long)]
         idle_exit: Option<f64>,
+        /// With --watch: training stages refit after this many new rows reach them...
+        #[arg(long, default_value_t = 1000)]
+        refit_rows: u64,
+        /// ...or this many seconds after the last fit when at least one new row arrived.
+        #[arg(long, default_value_t = 60.0)]
+        refit_seconds: f64,
     },
     /// Recompute STAGE and everything downstream from the checkpoints of STAGE's inputs.
     Replay {
@@ -130,10 +136,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn execute(cli: &Cli) -> Result<i32> {
     match &cli.command {
-        Command::Run { pipeline, run_dir, watch, settle, idle_exit } => {
+        Command::Run { pipeline, run_dir, watch, settle, idle_exit, refit_rows, refit_seconds } => {
             if *watch {
-                if !(settle.is_finite() && *settle >= 0.0) || idle_exit.is_some_and(|i| !(i.is_finite() && i >= 0.0)) {
-                    return Err(Error::Usage("--settle and --idle-exit take a non-negative number of seconds".into()));
+                if !(settle.is_finite() && *settle >= 0.0) || idle_exit.is_some_and(|i| !(i.is_finite() && i >= 0.0)) || !(refit_seconds.is_finite() && *refit_seconds >= 0.0) {
+                    return Err(Error::Usage("--settle, --idle-exit and --refit-seconds take a non-negative number of seconds".into()));
                 }
                 let opts = crate::runtime::watch::WatchOptions {
                     settle: std::time::Duration::from_secs_f64(*settle),
@@ -141,6 +147,8 @@ pub fn execute(cli: &Cli) -> Result<i32> {
                     idle_exit: idle_exit.map(std::time::Duration::from_secs_f64),
                     quiet: cli.quiet,
                     run_dir: run_dir.clone(),
+                    refit_rows: (*refit_rows).max(1),
+                    refit_after: std::time::Duration::from_secs_f64(*refit_seconds),
                 };
                 return crate::runtime::watch::watch(pipeline, &opts);
             }

@@ -205,3 +205,78 @@ fn soak_200_files_with_slow_corrupt_duplicate_files_and_a_sigkill() {
     }
     assert_eq!(seen_rows, good_rows, "each good recording's rows exactly once");
 }
+
+/// A training stage in a watched pipeline refits on a debounce over every recording so far: with
+/// `--refit-rows 30` the first recording (20 rows) waits, the second brings the count to 40 and
+/// triggers version 1 on both; the third (20) waits and is fitted into version 2 when the watcher
+/// stops. Per-file increments never run the training stage itself.
+#[test]
+fn a_training_stage_refits_on_a_debounce_and_writes_model_versions() {
+    let pipeline = r#"
+[pipeline]
+name = "core"
+seed = 3
+
+[stages.inbox]
+kind = "source.parquet"
+paths = ["inbox/*.parquet"]
+
+[stages.keep]
+kind = "transform.select"
+inputs = ["inbox"]
+columns = ["recording_id", "stimulus_amplitude", "spike_count"]
+
+[stages.counts]
+kind = "train.regress"
+inputs = ["keep"]
+features = ["stimulus_amplitude"]
+target = "spike_count"
+model = { model = "ridge", alpha = 1.0 }
+validation = { method = "k_fold", k = 2 }
+"#;
+    let p = Project::new(pipeline);
+    let inbox = p.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let mut child = Command::new(bin())
+        .args(["--quiet", "run", "pipeline.toml", "--watch", "--settle", "0.3", "--idle-exit", "3", "--refit-rows", "30", "--refit-seconds", "3600"])
+        .current_dir(p.path())
+        .spawn()
+        .unwrap();
+    let models = p.run_dir().join("models/counts");
+    let versions = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&models).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+        v.sort();
+        v
+    };
+    let wait_for = |n_ledger: usize| {
+        let t = Instant::now();
+        while read_ledger(&p.run_dir()).len() < n_ledger {
+            assert!(t.elapsed() < Duration::from_secs(60), "ledger never reached {n_ledger} entries");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    write_recording(&inbox.join("a.parquet"), 1, 20);
+    wait_for(1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(versions().is_empty(), "20 rows < 30: no refit yet, got {:?}", versions());
+    write_recording(&inbox.join("b.parquet"), 2, 20);
+    wait_for(2);
+    let t = Instant::now();
+    while versions().len() < 1 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no model version after 40 rows");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    write_recording(&inbox.join("c.parquet"), 3, 20);
+    let status = wait_with_deadline(&mut child, Duration::from_secs(90));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(versions(), ["v0001", "v0002"]);
+    let rows_used = |v: &str| -> u64 {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(models.join(v).join("metrics.json")).unwrap()).unwrap();
+        m["rows_used"].as_u64().unwrap()
+    };
+    assert_eq!(rows_used("v0001"), 40, "version 1 fits recordings a and b");
+    assert_eq!(rows_used("v0002"), 60, "version 2 fits all three");
+    assert!(models.join("v0002/model.json").exists());
+    assert!(checkpoint::list(&p.run_dir().join("counts")).is_empty(), "increments never train on one file");
+    assert_eq!(read_ledger(&p.run_dir()).iter().filter(|e| e.status == "ok").count(), 3);
+}

@@ -58,6 +58,95 @@ pub struct WatchOptions {
     pub quiet: bool,
     /// Override of the run directory.
     pub run_dir: Option<PathBuf>,
+    /// Training stages refit once this many new rows reached them since the last fit...
+    pub refit_rows: u64,
+    /// ...or once this long has passed with at least one new row (and at exit).
+    pub refit_after: Duration,
+}
+
+/// Training stages (`train.*`) of a pipeline text with their single input: they need every row,
+/// so `run --watch` leaves them out of the per-file increments and refits them on a debounce
+/// over all the recordings so far, each fit a new model version under `runs/<name>/models/`.
+fn training_stages(text: &str) -> Vec<(String, String, toml::Table)> {
+    let Ok(doc) = text.parse::<toml::Table>() else { return Vec::new() };
+    let Some(stages) = doc.get("stages").and_then(|v| v.as_table()) else { return Vec::new() };
+    stages
+        .iter()
+        .filter_map(|(name, v)| {
+            let t = v.as_table()?;
+            let kind = t.get("kind")?.as_str()?;
+            let inputs = t.get("inputs")?.as_array()?;
+            match (kind.starts_with("train."), inputs.as_slice()) {
+                (true, [one]) => Some((name.clone(), one.as_str()?.to_string(), t.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Debounce state of the training stages.
+struct Refit {
+    stages: Vec<(String, String, toml::Table)>,
+    pending_rows: u64,
+    last_fit: Instant,
+}
+
+impl Refit {
+    /// Fits every training stage on the checkpoints its input produced for every `ok` recording
+    /// of the ledger: a small pipeline (source.parquet over those checkpoints -> the stage as
+    /// written) whose artifacts go to `models/<stage>/v<NNNN>/`. Returns the versions written.
+    fn fit(&mut self, file: &Path, text: &str, run_dir: &Path, rt: &tokio::runtime::Runtime) -> Result<Vec<String>> {
+        let doc: toml::Table = text.parse().map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
+        let section = doc.get("pipeline").and_then(|v| v.as_table()).cloned().unwrap_or_default();
+        let ledger = read_ledger(run_dir);
+        let mut written = Vec::new();
+        for (name, input, table) in &self.stages {
+            let mut parts: Vec<String> = Vec::new();
+            for e in ledger.iter().filter(|e| e.status == "ok") {
+                if let Some(cp) = e.checkpoints.get(input) {
+                    let pattern = Path::new(cp).join("part-*.parquet");
+                    let pattern = pattern.to_string_lossy().to_string();
+                    if glob::glob(&pattern).map(|mut g| g.next().is_some()).unwrap_or(false) && !parts.contains(&pattern) {
+                        parts.push(pattern);
+                    }
+                }
+            }
+            if parts.is_empty() {
+                continue;
+            }
+            let models = run_dir.join("models").join(name);
+            let version = (1..).find(|v| !models.join(format!("v{v:04}")).exists()).unwrap_or(1);
+            let out = models.join(format!("v{version:04}"));
+            let mut stage = table.clone();
+            stage.insert("artifacts".into(), toml::Value::String(out.to_string_lossy().to_string()));
+            let mut src = toml::Table::new();
+            src.insert("kind".into(), "source.parquet".into());
+            src.insert("paths".into(), toml::Value::Array(parts.iter().map(|p| toml::Value::String(p.clone())).collect()));
+            let mut stages = toml::Table::new();
+            stages.insert(input.clone(), toml::Value::Table(src));
+            stages.insert(name.clone(), toml::Value::Table(stage));
+            let mut pipe = toml::Table::new();
+            let mut sec = toml::Table::new();
+            sec.insert("name".into(), format!("{}-refit", section.get("name").and_then(|v| v.as_str()).unwrap_or("pipeline")).into());
+            if let Some(seed) = section.get("seed") {
+                sec.insert("seed".into(), seed.clone());
+            }
+            pipe.insert("pipeline".into(), toml::Value::Table(sec));
+            pipe.insert("stages".into(), toml::Value::Table(stages));
+            let synth = toml::to_string(&pipe).map_err(|e| Error::msg(e.to_string()))?;
+            let mut p = pipeline::parse_str(file, &synth).map_err(Error::Invalid)?;
+            p.set_run_dir(run_dir.join("refit"));
+            let report = rt.block_on(run_pipeline(&p, &RunOptions { mode: Mode::Run, quiet: true, lock: false }))?;
+            if !report.ok {
+                let why: Vec<String> = report.stages.iter().filter_map(|s| s.error.clone()).collect();
+                return Err(Error::msg(format!("refitting `{name}` on {} recordings: {}", parts.len(), why.join("; "))));
+            }
+            written.push(format!("{name} v{version:04} ({} recordings)", parts.len()));
+        }
+        self.pending_rows = 0;
+        self.last_fit = Instant::now();
+        Ok(written)
+    }
 }
 
 pub fn read_ledger(run_dir: &Path) -> Vec<LedgerEntry> {
@@ -211,6 +300,22 @@ fn watch_loop(file: &Path, text: &str, stage: &str, spec: &crate::stages::WatchS
     let mut seen: HashMap<PathBuf, Seen> = HashMap::new();
     let mut last_activity = Instant::now();
     let mut failed_any = false;
+    let mut refit = Refit { stages: training_stages(text), pending_rows: 0, last_fit: Instant::now() };
+    if !refit.stages.is_empty() {
+        say(format!(
+            "neurostream: training stages {} refit every {} new rows or {:.0} s, versions in {}",
+            refit.stages.iter().map(|t| format!("`{}`", t.0)).collect::<Vec<_>>().join(", "),
+            opts.refit_rows,
+            opts.refit_after.as_secs_f64(),
+            run_dir.join("models").display()
+        ));
+    }
+    let do_refit = |refit: &mut Refit| -> Result<()> {
+        for v in refit.fit(file, text, &run_dir, &rt)? {
+            say(format!("  refit: {v}"));
+        }
+        Ok(())
+    };
     loop {
         if stop.load(Ordering::Relaxed) {
             say("neurostream: interrupted; the ledger is up to date".into());
@@ -272,6 +377,9 @@ fn watch_loop(file: &Path, text: &str, stage: &str, spec: &crate::stages::WatchS
                 continue;
             }
             let entry = ingest_one(file, text, stage, &path, &hash, size, &run_dir, &quarantine, opts, &rt)?;
+            if entry.status == "ok" {
+                refit.pending_rows += refit.stages.iter().map(|(_, input, _)| rows_of(&entry, input)).max().unwrap_or(0);
+            }
             say(format!("  {}: {}{}", path.display(), entry.status, entry.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()));
             if entry.status == "failed" {
                 failed_any = true;
@@ -281,6 +389,9 @@ fn watch_loop(file: &Path, text: &str, stage: &str, spec: &crate::stages::WatchS
                 finish_quarantine(&path, &entry)?;
             }
             by_hash.insert(hash, entry);
+        }
+        if refit.pending_rows > 0 && (refit.pending_rows >= opts.refit_rows || refit.last_fit.elapsed() >= opts.refit_after) {
+            do_refit(&mut refit)?;
         }
         if let Some(idle) = opts.idle_exit {
             if seen.is_empty() && last_activity.elapsed() >= idle {
@@ -292,7 +403,20 @@ fn watch_loop(file: &Path, text: &str, stage: &str, spec: &crate::stages::WatchS
         while rx.try_recv().is_ok() {}
     }
     drop(watcher);
+    if refit.pending_rows > 0 {
+        do_refit(&mut refit)?;
+    }
     Ok(if failed_any { 1 } else { 0 })
+}
+
+/// Rows the recording's checkpoint of `stage` holds (from its manifest; 0 if unknown).
+fn rows_of(entry: &LedgerEntry, stage: &str) -> u64 {
+    entry
+        .checkpoints
+        .get(stage)
+        .and_then(|cp| super::checkpoint::read_manifest(Path::new(cp)).ok())
+        .map(|m| m.rows)
+        .unwrap_or(0)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -328,6 +452,8 @@ fn ingest_one(
         }
     };
     let _ = &opts.run_dir; // already resolved into `run_dir`
+    let training: Vec<String> = training_stages(text).into_iter().map(|t| t.0).collect();
+    p.without(&training);
     p.set_run_dir(run_dir.to_path_buf());
     let report = rt.block_on(run_pipeline(&p, &RunOptions { mode: Mode::Run, quiet: true, lock: false }))?;
     let source_failures: Vec<String> = report.stage(stage).map(|s| s.failures.iter().map(|f| f.message.clone()).collect()).unwrap_or_default();
