@@ -1175,6 +1175,23 @@ impl GlifSource {
 }
 
 /// Simulates one config on one stimulus; kernel errors and bad resets become a status.
+/// Spike times and row outcome of a spike-only run (as [`run_one`] reports them).
+fn spike_outcome(run: std::result::Result<(GlifRunStatus, GlifSpikes), glif::GlifError>) -> (Vec<f64>, std::result::Result<(), (String, String)>) {
+    match run {
+        Err(e) => (Vec::new(), Err(("error".into(), e.to_string()))),
+        Ok((GlifRunStatus::Completed, spikes)) => (spikes.interpolated_times_s, Ok(())),
+        Ok((GlifRunStatus::BadReset { spike_step, reset_voltage_v, reset_threshold_v }, spikes)) => (
+            spikes.interpolated_times_s,
+            Err((
+                "bad_reset".into(),
+                format!(
+                    "after the spike at step {spike_step} the reset voltage {reset_voltage_v} V is above the reset threshold {reset_threshold_v} V; AllenSDK stops the run here (spike times are those before the stop)"
+                ),
+            )),
+        ),
+    }
+}
+
 fn run_one(config: &GlifConfig, stim_a: &[f64], record: bool, fill: SpikeCutFill) -> (Option<Vec<f32>>, Vec<f64>, std::result::Result<(), (String, String)>) {
     let el_ref = config.el_reference_v.unwrap_or(0.0);
     let (status, spikes, voltage) = if record {
@@ -1238,6 +1255,56 @@ impl SourceOperator for GlifSource {
             }
         }
         let (record, fill) = (self.cfg.record_voltage, self.cfg.spike_cut_fill);
+        if !record {
+            // Spike-only: configs in groups of lanes, interleaved step by step (same results).
+            let rows: Vec<GlifRow> = jobs
+                .par_chunks(glif::SPIKE_LANES)
+                .flat_map_iter(|chunk| {
+                    let ok: Vec<(&GlifConfig, &[f64])> = chunk.iter().filter_map(|j| j.3.as_ref().ok().map(|(c, s)| (c, s.as_slice()))).collect();
+                    let mut runs = glif::simulate_spikes_lanes(&ok).into_iter();
+                    chunk
+                        .iter()
+                        .map(|(base, config_index, values, job)| match job {
+                            Ok((config, stim)) => {
+                                let run = runs.next().expect("one run per ok job");
+                                let (spike_times_s, outcome) = spike_outcome(run);
+                                GlifRow {
+                                    base: *base,
+                                    config_index: *config_index,
+                                    values: values.clone(),
+                                    dt_s: config.dt_s,
+                                    el_reference_v: config.el_reference_v.unwrap_or(0.0),
+                                    stimulus: Some(stim.clone()),
+                                    response_mv: None,
+                                    spike_times_s,
+                                    outcome,
+                                }
+                            }
+                            Err(msg) => GlifRow {
+                                base: *base,
+                                config_index: *config_index,
+                                values: values.clone(),
+                                dt_s: f64::NAN,
+                                el_reference_v: 0.0,
+                                stimulus: None,
+                                response_mv: None,
+                                spike_times_s: Vec::new(),
+                                outcome: Err(("error".into(), msg.clone())),
+                            },
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            out.emit(self.batch(&rows)?);
+            self.next_config = end;
+            if self.next_config >= total {
+                self.next_config = 0;
+                self.stimulus += 1;
+                self.cache.clear();
+                self.cache_bytes = 0;
+            }
+            return Ok(self.stimulus < self.cfg.stimuli.len());
+        }
         let rows: Vec<GlifRow> = jobs
             .into_par_iter()
             .map(|(base, config_index, values, job)| match job {
