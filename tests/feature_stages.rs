@@ -363,3 +363,51 @@ path = "out/chunks.csv"
     }
     assert!(max_shift <= 100, "a threshold moved by {max_shift} samples (more than max_interval = 5 ms)");
 }
+
+#[test]
+fn chunk_options_are_checked_and_features_sweep_refuses_chunk_rows() {
+    let bad = r#"
+[pipeline]
+name = "t"
+
+[stages.chunks]
+kind = "ingest.abf"
+paths = ["abf"]
+chunk_s = 0
+chunks_per_batch = 0
+"#;
+    let tmp = workspace(&FILES[..1], bad);
+    let out = run(tmp.path());
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    // Issues point at the offending lines (chunk_s on line 8, chunks_per_batch on line 9).
+    assert!(text.contains("p.toml:8:11: stage `chunks`: 0 s must be a positive finite duration"), "{text}");
+    assert!(text.contains("p.toml:9:20: stage `chunks`: must be at least 1"), "{text}");
+
+    let sweep_on_chunks = r#"
+[pipeline]
+name = "t"
+
+[stages.chunks]
+kind = "ingest.abf"
+paths = ["abf"]
+chunk_s = 1
+
+[stages.features]
+kind = "features.sweep"
+inputs = ["chunks"]
+filter_khz = 5
+
+[stages.spikes]
+kind = "features.spikes"
+inputs = ["chunks"]
+filter_khz = 5
+window = "stimulus"
+"#;
+    let tmp = workspace(&FILES[..1], sweep_on_chunks);
+    let out = run(tmp.path());
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("need whole sweeps"), "{text}");
+    assert!(text.contains("only window = \"sweep\""), "{text}");
+}
