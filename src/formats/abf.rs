@@ -15,6 +15,8 @@
 //! reason, never a panic and never an allocation sized by an unchecked header field.
 //! ABF1 files (signature `"ABF "`) are rejected with [`AbfError::Abf1NotSupported`].
 
+use std::borrow::Cow;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// ABF files address sections in 512-byte blocks.
@@ -196,25 +198,51 @@ pub struct AbfFile {
     protocol_path: String,
     protocol: String,
     /// Scaled samples, channel-major: channel `c` occupies `c*points_per_channel ..`.
+    /// Empty when the file was opened header-only ([`AbfReader`]).
     samples: Vec<f32>,
+    samples_loaded: bool,
     points_per_channel: usize,
+    /// Byte offset of the first sample of the data section (checked to lie in the file).
+    data_start: u64,
+    /// 0 = int16, 1 = float32.
+    data_format: u16,
 }
 
-/// Bounds-checked little-endian reads from the file image.
+/// Where the parser's bytes come from: an in-memory file image, or an open file read with
+/// seeks (header-only opening, so a long recording is never loaded whole).
+enum Image<'a> {
+    Slice(&'a [u8]),
+    File(std::cell::RefCell<std::fs::File>),
+}
+
+/// Bounds-checked little-endian reads from the file (image or open file).
 struct Bytes<'a> {
-    data: &'a [u8],
+    image: Image<'a>,
+    file_len: u64,
     file: &'a str,
 }
 
 impl<'a> Bytes<'a> {
     fn len(&self) -> u64 {
-        self.data.len() as u64
+        self.file_len
     }
 
-    fn slice(&self, start: u64, len: u64, what: &str) -> Result<&'a [u8], AbfError> {
+    /// `len` bytes from `start`, checked against the file length before anything is read or
+    /// allocated, so an allocation is never larger than the file.
+    fn slice(&self, start: u64, len: u64, what: &str) -> Result<Cow<'a, [u8]>, AbfError> {
         let end = start.checked_add(len);
         match end {
-            Some(end) if end <= self.len() => Ok(&self.data[start as usize..end as usize]),
+            Some(end) if end <= self.len() => match &self.image {
+                Image::Slice(data) => Ok(Cow::Borrowed(&data[start as usize..end as usize])),
+                Image::File(file) => {
+                    let mut buf = vec![0u8; len as usize];
+                    read_exact_at(&mut file.borrow_mut(), start, &mut buf).map_err(|source| AbfError::Io {
+                        file: self.file.to_string(),
+                        source,
+                    })?;
+                    Ok(Cow::Owned(buf))
+                }
+            },
             _ => Err(AbfError::Truncated {
                 file: self.file.to_string(),
                 what: what.to_string(),
@@ -228,7 +256,7 @@ impl<'a> Bytes<'a> {
     fn array<const N: usize>(&self, offset: u64, what: &str) -> Result<[u8; N], AbfError> {
         let bytes = self.slice(offset, N as u64, what)?;
         let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
+        out.copy_from_slice(&bytes);
         Ok(out)
     }
 
@@ -425,7 +453,12 @@ impl AbfFile {
 
     /// Parses an ABF2 file image; `label` names the file in error messages.
     pub fn from_bytes(data: &[u8], label: &str) -> Result<Self, AbfError> {
-        let bytes = Bytes { data, file: label };
+        let bytes = Bytes { image: Image::Slice(data), file_len: data.len() as u64, file: label };
+        Self::parse(&bytes, label, true)
+    }
+
+    /// Parses the header (and, with `load_samples`, the samples) from `bytes`.
+    fn parse(bytes: &Bytes<'_>, label: &str, load_samples: bool) -> Result<Self, AbfError> {
         let magic: [u8; 4] = bytes.array(0, "file signature")?;
         match &magic {
             b"ABF2" => {}
@@ -492,7 +525,7 @@ impl AbfFile {
                 ));
             }
             0 => Vec::new(),
-            _ => indexed_strings(bytes.slice(
+            _ => indexed_strings(&bytes.slice(
                 u64::from(strings_block) * BLOCK_BYTES,
                 u64::from(strings_bytes),
                 "StringsSection[0]",
@@ -720,12 +753,16 @@ impl AbfFile {
             }
         }
 
-        let raw = bytes.slice(
-            data_section.byte_start,
-            point_count as u64 * sample_bytes,
-            "DataSection samples",
-        )?;
-        let samples = deinterleave_and_scale(raw, data_format, &adc_channels, points_per_channel);
+        let samples = if load_samples {
+            let raw = bytes.slice(
+                data_section.byte_start,
+                point_count as u64 * sample_bytes,
+                "DataSection samples",
+            )?;
+            deinterleave_and_scale(&raw, data_format, &adc_channels, points_per_channel)
+        } else {
+            Vec::new()
+        };
 
         Ok(AbfFile {
             label: label.to_string(),
@@ -739,7 +776,10 @@ impl AbfFile {
             protocol_path,
             protocol,
             samples,
+            samples_loaded: load_samples,
             points_per_channel,
+            data_start: data_section.byte_start,
+            data_format,
         })
     }
 
@@ -786,10 +826,17 @@ impl AbfFile {
     }
 
     /// Scaled samples of one ADC channel in one sweep (e.g. membrane potential in mV).
+    /// Fails on a header-only [`AbfReader`] header: read ranges with the reader instead.
     pub fn sweep_adc(&self, channel: usize, sweep: usize) -> Result<&[f32], AbfError> {
         self.check_sweep(sweep)?;
         if channel >= self.adc_channels.len() {
             return Err(self.out_of_range("ADC channel", channel, self.adc_channels.len()));
+        }
+        if !self.samples_loaded {
+            return Err(AbfError::Unsupported {
+                file: self.label.clone(),
+                what: "the file was opened header-only; read sample ranges with AbfReader::read_adc_range".into(),
+            });
         }
         let start = channel * self.points_per_channel + sweep * self.samples_per_sweep;
         Ok(&self.samples[start..start + self.samples_per_sweep])
@@ -799,20 +846,31 @@ impl AbfFile {
     /// clamp), as pyABF's `sweepC` (which pairs ADC channel i with DAC i). Values are f64 like
     /// pyABF's; cast to f32 to match arrays saved as float32.
     pub fn sweep_command(&self, dac: usize, sweep: usize) -> Result<Vec<f64>, AbfError> {
+        self.sweep_command_range(dac, sweep, 0, self.samples_per_sweep)
+    }
+
+    /// [`Self::sweep_command`] rounded to f32.
+    pub fn sweep_command_f32(&self, dac: usize, sweep: usize) -> Result<Vec<f32>, AbfError> {
+        self.sweep_command_range_f32(dac, sweep, 0, self.samples_per_sweep)
+    }
+
+    /// Samples `start..start + len` of [`Self::sweep_command`], computed without building the
+    /// whole sweep (a gap-free hour would need 576 MB as f64). Equal to slicing the whole.
+    pub fn sweep_command_range(&self, dac: usize, sweep: usize, start: usize, len: usize) -> Result<Vec<f64>, AbfError> {
         self.check_sweep(sweep)?;
+        self.check_range(start, len)?;
         let channel = self
             .dac_channels
             .get(dac)
             .ok_or_else(|| self.out_of_range("DAC", dac, self.dac_channels.len()))?;
-        let n = self.samples_per_sweep;
         if !channel.waveform_enabled || channel.waveform_source == 0 {
-            return Ok(vec![channel.holding_level; n]);
+            return Ok(vec![channel.holding_level; len]);
         }
         match channel.waveform_source {
             1 => {
                 let segments = self.sweep_command_segments(dac, sweep)?;
-                let mut out = vec![f64::NAN; n];
-                render_segments(&segments, &mut out)
+                let mut out = vec![f64::NAN; len];
+                render_segments(&segments, self.samples_per_sweep, start, &mut out)
                     .map_err(|reason| self.waveform_error(dac, sweep, reason))?;
                 Ok(out)
             }
@@ -821,17 +879,30 @@ impl AbfFile {
                 what: format!("DAC {dac} is driven by a stimulus file, not an epoch table"),
             }),
             // pyABF returns NaN for an unknown waveform source.
-            _ => Ok(vec![f64::NAN; n]),
+            _ => Ok(vec![f64::NAN; len]),
         }
     }
 
-    /// [`Self::sweep_command`] rounded to f32.
-    pub fn sweep_command_f32(&self, dac: usize, sweep: usize) -> Result<Vec<f32>, AbfError> {
+    /// [`Self::sweep_command_range`] rounded to f32.
+    pub fn sweep_command_range_f32(&self, dac: usize, sweep: usize, start: usize, len: usize) -> Result<Vec<f32>, AbfError> {
         Ok(self
-            .sweep_command(dac, sweep)?
+            .sweep_command_range(dac, sweep, start, len)?
             .into_iter()
             .map(|v| v as f32)
             .collect())
+    }
+
+    /// `start..start + len` must lie inside one sweep (so it is bounded by the file size).
+    fn check_range(&self, start: usize, len: usize) -> Result<(), AbfError> {
+        match start.checked_add(len) {
+            Some(end) if end <= self.samples_per_sweep => Ok(()),
+            _ => Err(AbfError::OutOfRange {
+                file: self.label.clone(),
+                what: "sample range end",
+                index: start.saturating_add(len),
+                count: self.samples_per_sweep,
+            }),
+        }
     }
 
     /// The epoch table of `dac` stepped to `sweep` (pyABF's `EpochSweepWaveform`): a
@@ -994,46 +1065,43 @@ fn deinterleave_and_scale(
     samples
 }
 
-/// numpy's `linspace(start, stop, out.len())` (endpoint included): `i * step + start`, with
-/// `(i / div) * delta + start` when the step underflows to zero, and the last sample set to
+/// Sample `i` of numpy's `linspace(start, stop, num)` (endpoint included): `i * step + start`,
+/// with `(i / div) * delta + start` when the step underflows to zero, and the last sample
 /// `stop` exactly.
-fn fill_linspace(out: &mut [f64], start: f64, stop: f64) {
-    let num = out.len();
-    if num == 0 {
-        return;
-    }
+fn linspace_at(i: usize, num: usize, start: f64, stop: f64) -> f64 {
     let delta = stop - start;
-    let div = (num - 1) as f64;
     if num == 1 {
-        out[0] = 0.0 * delta + start;
-        return;
+        return 0.0 * delta + start;
     }
+    if i == num - 1 {
+        return stop;
+    }
+    let div = (num - 1) as f64;
     let step = delta / div;
-    for (i, y) in out.iter_mut().enumerate() {
-        *y = if step == 0.0 {
-            (i as f64 / div) * delta + start
-        } else {
-            i as f64 * step + start
-        };
+    if step == 0.0 {
+        (i as f64 / div) * delta + start
+    } else {
+        i as f64 * step + start
     }
-    out[num - 1] = stop;
 }
 
-/// Fills `out` (one sweep, pre-filled with NaN) from the sweep's segments, shaping each
-/// segment as pyABF's `EpochSweepWaveform.getWaveform`. Pulse trains start at the segment
-/// start and repeat every `pulse_period` samples, `int(length / period)` times.
-fn render_segments(segments: &[CommandSegment], out: &mut [f64]) -> Result<(), String> {
+/// Fills `out` with samples `first..first + out.len()` of one sweep (`sweep_len` samples) of
+/// the command built from the sweep's segments, shaping each segment as pyABF's
+/// `EpochSweepWaveform.getWaveform` (samples outside every segment stay as given, NaN). Each
+/// sample is computed from its index alone, so any range equals the same slice of the whole
+/// sweep. Pulse trains start at the segment start and repeat every `pulse_period` samples,
+/// `int(length / period)` times; where pulses overlap the later one wins, as in pyABF.
+fn render_segments(segments: &[CommandSegment], sweep_len: usize, first: usize, out: &mut [f64]) -> Result<(), String> {
+    let range_end = first + out.len();
     for (i, segment) in segments.iter().enumerate() {
         let level = segment.level;
         let before = if i == 0 { level } else { segments[i - 1].level };
         let delta = level - before;
-        let Some(chunk) = out.get_mut(segment.start_sample..segment.end_sample) else {
-            return Err(format!(
-                "segment {}..{} lies outside the sweep",
-                segment.start_sample, segment.end_sample
-            ));
-        };
-        let length = chunk.len() as i64;
+        let (seg_start, seg_end) = (segment.start_sample, segment.end_sample);
+        if seg_start > seg_end || seg_end > sweep_len {
+            return Err(format!("segment {seg_start}..{seg_end} lies outside the sweep"));
+        }
+        let length = (seg_end - seg_start) as i64;
         let period = segment.pulse_period_samples;
         let width = segment.pulse_width_samples;
         let pulse_count = if period > 0 { length / period } else { 0 };
@@ -1044,64 +1112,148 @@ fn render_segments(segments: &[CommandSegment], out: &mut [f64]) -> Result<(), S
         if is_train && pulse_count > 0 && width < 0 {
             return Err(format!("pulse width {width} samples is negative"));
         }
-        // Clamps a pulse-relative index range to the chunk, as numpy slicing does.
-        let span = |a: i64, b: i64| (a.clamp(0, length) as usize, b.clamp(0, length) as usize);
-        match segment.kind {
-            EpochKind::Step => chunk.fill(level),
-            EpochKind::Ramp => fill_linspace(chunk, before, level),
-            EpochKind::Pulse => {
-                chunk.fill(before);
-                for pulse in 0..pulse_count {
-                    let (a, b) = span(period * pulse, period * pulse + width);
-                    if a < b {
-                        chunk[a..b].fill(level);
+        if segment.kind == EpochKind::Triangle && pulse_count > 0 && width > period {
+            return Err(format!("triangle pulse width {width} exceeds its period {period} samples"));
+        }
+        let (lo, hi) = (seg_start.max(first), seg_end.min(range_end));
+        if lo >= hi {
+            continue;
+        }
+        let chunk = &mut out[lo - first..hi - first];
+        // Index of the first written sample inside the segment.
+        let j0 = (lo - seg_start) as i64;
+        let n = length as usize;
+        // The last pulse starting at or before segment sample j (pulse_count > 0).
+        let last_pulse = |j: i64| (j / period).min(pulse_count - 1);
+        let cosine_stop = (2 * pulse_count) as f64 * std::f64::consts::PI;
+        for (k, y) in chunk.iter_mut().enumerate() {
+            let j = j0 + k as i64;
+            *y = match segment.kind {
+                EpochKind::Step => level,
+                EpochKind::Ramp => linspace_at(j as usize, n, before, level),
+                EpochKind::Pulse => {
+                    if pulse_count > 0 && j - last_pulse(j) * period < width { level } else { before }
+                }
+                EpochKind::Triangle => {
+                    let p = if period > 0 { j / period } else { i64::MAX };
+                    if p < pulse_count {
+                        let offset = j - p * period;
+                        if offset < width {
+                            linspace_at(offset as usize, width as usize, before, level)
+                        } else {
+                            linspace_at((offset - width) as usize, (period - width) as usize, level, before)
+                        }
+                    } else {
+                        f64::NAN
                     }
                 }
-            }
-            EpochKind::Triangle => {
-                chunk.fill(f64::NAN);
-                if pulse_count > 0 && width > period {
-                    return Err(format!(
-                        "triangle pulse width {width} exceeds its period {period} samples"
-                    ));
+                EpochKind::Cosine => {
+                    let x = linspace_at(j as usize, n, 0.0, cosine_stop);
+                    let cosine = (x + std::f64::consts::PI).cos() * delta / 2.0;
+                    before + (cosine + delta / 2.0)
                 }
-                for pulse in 0..pulse_count {
-                    let p1 = period * pulse;
-                    let (a, b) = span(p1, p1 + width);
-                    let (_, c) = span(p1, p1 + period);
-                    fill_linspace(&mut chunk[a..b], before, level);
-                    fill_linspace(&mut chunk[b..c], level, before);
-                }
-            }
-            EpochKind::Cosine => {
-                let stop = (2 * pulse_count) as f64 * std::f64::consts::PI;
-                fill_linspace(chunk, 0.0, stop);
-                for y in chunk.iter_mut() {
-                    let cosine = (*y + std::f64::consts::PI).cos() * delta / 2.0;
-                    *y = before + (cosine + delta / 2.0);
-                }
-            }
-            EpochKind::Biphasic => {
-                chunk.fill(before);
-                for pulse in 0..pulse_count {
-                    let p1 = period * pulse;
-                    let p3 = p1 + width;
-                    let p2 = (p1 + p3) / 2;
-                    let (a, b) = span(p1, p2);
-                    let (_, c) = span(p1, p3);
-                    if a < b {
-                        chunk[a..b].fill(before + delta);
-                    }
-                    if b < c {
-                        chunk[b..c].fill(before - delta);
+                EpochKind::Biphasic => {
+                    let p1 = if pulse_count > 0 { last_pulse(j) * period } else { i64::MAX };
+                    if pulse_count > 0 && j < p1 + width {
+                        let p2 = (p1 + p1 + width) / 2;
+                        if j < p2 { before + delta } else { before - delta }
+                    } else {
+                        before
                     }
                 }
-            }
-            // pyABF warns and leaves unknown epoch types as NaN.
-            EpochKind::Off | EpochKind::Unknown(_) => chunk.fill(f64::NAN),
+                // pyABF warns and leaves unknown epoch types as NaN.
+                EpochKind::Off | EpochKind::Unknown(_) => f64::NAN,
+            };
         }
     }
     Ok(())
+}
+
+/// Reads `buf.len()` bytes at byte `offset` of `file`.
+fn read_exact_at(file: &mut std::fs::File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)
+}
+
+/// An ABF2 file opened header-only: the header is parsed with seeks (the same checks as
+/// [`AbfFile::from_bytes`]), and samples are read on demand by range, so memory is bounded by
+/// the range asked for, never by the recording's length.
+pub struct AbfReader {
+    header: AbfFile,
+    file: std::fs::File,
+    /// Reused buffer of raw interleaved sample bytes.
+    raw: Vec<u8>,
+}
+
+impl AbfReader {
+    /// Opens `path` and parses its header; no sample is read yet.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, AbfError> {
+        let path = path.as_ref();
+        let label = path.display().to_string();
+        let io = |source| AbfError::Io { file: label.clone(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let bytes = Bytes { image: Image::File(std::cell::RefCell::new(file)), file_len, file: &label };
+        let header = AbfFile::parse(&bytes, &label, false)?;
+        let Image::File(file) = bytes.image else { unreachable!("opened as a file") };
+        Ok(AbfReader { header, file: file.into_inner(), raw: Vec::new() })
+    }
+
+    /// The parsed header: every metadata accessor and the command waveform
+    /// ([`AbfFile::sweep_command_range`]); its `sweep_adc` fails (no samples are loaded).
+    pub fn header(&self) -> &AbfFile {
+        &self.header
+    }
+
+    /// Scaled samples `start..start + len` of ADC `channel` in `sweep`, equal to the same
+    /// slice of [`AbfFile::sweep_adc`].
+    pub fn read_adc_range(&mut self, channel: usize, sweep: usize, start: usize, len: usize) -> Result<Vec<f32>, AbfError> {
+        let mut out = Vec::new();
+        self.read_adc_range_into(channel, sweep, start, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::read_adc_range`] into `out` (cleared first), reusing its allocation.
+    pub fn read_adc_range_into(
+        &mut self,
+        channel: usize,
+        sweep: usize,
+        start: usize,
+        len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), AbfError> {
+        let h = &self.header;
+        h.check_sweep(sweep)?;
+        if channel >= h.adc_channels.len() {
+            return Err(h.out_of_range("ADC channel", channel, h.adc_channels.len()));
+        }
+        h.check_range(start, len)?;
+        let channels = h.adc_channels.len();
+        let sample_bytes = if h.data_format == 0 { 2 } else { 4 };
+        let frame_bytes = channels * sample_bytes;
+        // Cannot overflow: the whole data section was checked to lie inside the file.
+        let first_frame = (sweep * h.samples_per_sweep + start) as u64;
+        let offset = h.data_start + first_frame * frame_bytes as u64;
+        self.raw.resize(len * frame_bytes, 0);
+        read_exact_at(&mut self.file, offset, &mut self.raw).map_err(|source| AbfError::Io { file: h.label.clone(), source })?;
+        let scale = &h.adc_channels[channel];
+        out.clear();
+        out.reserve(len);
+        let at = channel * sample_bytes;
+        if h.data_format == 0 {
+            out.extend(self.raw.chunks_exact(frame_bytes).map(|frame| {
+                f32::from(i16::from_le_bytes([frame[at], frame[at + 1]])) * scale.gain_per_count + scale.offset
+            }));
+        } else {
+            out.extend(
+                self.raw
+                    .chunks_exact(frame_bytes)
+                    .map(|frame| f32::from_le_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])),
+            );
+        }
+        // The buffer is kept for the next call but not grown beyond what a range needs.
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1203,6 +1355,11 @@ mod tests {
 
         let mut worst_voltage = (0, 0f64);
         let mut worst_command = (0, 0f64);
+        // The header-only reader, by ranges that straddle nothing in particular.
+        let mut reader = AbfReader::open(format!("{FIXTURES}{name}.abf")).unwrap();
+        assert_eq!(reader.header().samples_per_sweep(), SWEEP_SAMPLES);
+        assert!(reader.header().sweep_adc(0, 0).is_err(), "no samples are loaded");
+        let ranges = [(0, 7001), (7001, 30_002), (37_003, 22_997), (59_999, 1)];
         for sweep in 0..sweeps {
             let base = sweep * 2 * SWEEP_SAMPLES;
             let command_ref = &reference[base..base + SWEEP_SAMPLES];
@@ -1210,6 +1367,15 @@ mod tests {
 
             let (bad, max_abs) = compare(abf.sweep_adc(0, sweep).unwrap(), voltage_ref);
             worst_voltage = (worst_voltage.0 + bad, worst_voltage.1.max(max_abs));
+            for (start, len) in ranges {
+                let part = reader.read_adc_range(0, sweep, start, len).unwrap();
+                let (bad, max_abs) = compare(&part, &voltage_ref[start..start + len]);
+                worst_voltage = (worst_voltage.0 + bad, worst_voltage.1.max(max_abs));
+                let part = reader.header().sweep_command_range_f32(0, sweep, start, len).unwrap();
+                let (bad, max_abs) = compare(&part, &command_ref[start..start + len]);
+                worst_command = (worst_command.0 + bad, worst_command.1.max(max_abs));
+            }
+            assert!(reader.read_adc_range(0, sweep, 59_999, 2).is_err(), "a range past the sweep end");
             let command = abf.sweep_command_f32(0, sweep).unwrap();
             let (bad, max_abs) = compare(&command, command_ref);
             worst_command = (worst_command.0 + bad, worst_command.1.max(max_abs));
@@ -1291,6 +1457,14 @@ mod tests {
         }
         // Bytes after the last section are not needed.
         assert!(AbfFile::from_bytes(&full[..FILE1_LAST_NEEDED_BYTE], "trimmed.abf").is_ok());
+        // The header-only reader applies the same checks to a file on disk.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.abf");
+        for len in [0, 100, 6000, 2_000_000, FILE1_LAST_NEEDED_BYTE - 1] {
+            std::fs::write(&path, &full[..len]).unwrap();
+            let err = AbfReader::open(&path).err().unwrap_or_else(|| panic!("header-only open accepted {len} bytes"));
+            assert!(err.to_string().starts_with(&path.display().to_string()), "{err}");
+        }
     }
 
     fn patched(base: &[u8], offset: usize, value: &[u8]) -> Vec<u8> {
@@ -1663,7 +1837,14 @@ mod tests {
                     },
                 ];
                 let mut out = vec![f64::NAN; 105];
-                render_segments(&segments, &mut out).unwrap();
+                render_segments(&segments, 105, 0, &mut out).unwrap();
+                // Every range equals the same slice of the whole sweep.
+                for (first, len) in [(0, 105), (3, 10), (5, 1), (17, 60), (100, 5), (104, 1), (50, 0)] {
+                    let mut part = vec![f64::NAN; len];
+                    render_segments(&segments, 105, first, &mut part).unwrap();
+                    let whole = &out[first..first + len];
+                    assert!(part.iter().zip(whole).all(|(a, b)| a.to_bits() == b.to_bits()), "{kind:?} {period}/{width} {first}+{len}");
+                }
                 assert!(out[..5].iter().all(|&v| v == 0.0));
                 if kind == EpochKind::Ramp {
                     assert_eq!((out[5], out[104]), (0.0, 50.0));
@@ -1685,7 +1866,9 @@ mod tests {
             pulse_period_samples: 10,
             pulse_width_samples: 20,
         };
-        assert!(render_segments(&[bad], &mut vec![0.0; 100]).is_err());
+        assert!(render_segments(&[bad.clone()], 100, 0, &mut vec![0.0; 100]).is_err());
+        // The error does not depend on the range asked for.
+        assert!(render_segments(&[bad], 100, 0, &mut []).is_err());
     }
 
     #[test]

@@ -18,6 +18,20 @@
 //! `threshold_i` (the sample there); every other spike column is null and `detection` says
 //! `model_spike_times`. `features.sweep` computes the train features from those times.
 //!
+//! Chunk rows (`ingest.abf` with `chunk_s`, columns `chunk_start_s`, `chunk_end_s`,
+//! `trace_start_s`): `features.spikes` detects on the row's trace (the chunk and its overlap
+//! margins) and keeps the spikes whose peak lies in the chunk's core `[chunk_start_s,
+//! chunk_end_s)`, with indices and times in the whole sweep's time base (`index · dt`, the values a
+//! whole-sweep run gives) and spike numbers counted on across the chunks of a sweep. The peak, not
+//! the threshold, assigns a spike to a chunk: the peak depends only on the dV/dt crossing and the
+//! voltage next to it, so two overlapping chunks always agree on it, whereas IPFX's threshold is
+//! refined with the mean upstroke of all spikes in the analysed trace, which differs between
+//! chunks. Hence what equals a whole-sweep run and what does not: the spikes found and their peaks
+//! are the same when the margins hold the context of every spike; thresholds (and what is measured
+//! from them) can move by a sample when a chunk's spikes have a different mean upstroke than the
+//! sweep's; the last spike of a trace gets its trough searched to the trace end, not to the next
+//! spike or the sweep end. `features.sweep` refuses chunk rows (its features need whole sweeps).
+//!
 //! Every sweep is processed independently (rayon, one reused [`SpikeWorkspace`] per worker); a
 //! sweep that cannot be processed (too short, NaN samples, mismatched lengths, a sampling rate
 //! too low for the Bessel filter) fails alone as `out.fail("<recording_id>/<sweep>", reason)`.
@@ -336,6 +350,21 @@ fn check_sweeps_input(schema: &Schema, needs_stimulus: bool) -> std::result::Res
     if issues.is_empty() { Ok(()) } else { Err(issues) }
 }
 
+/// Does the input carry chunk rows (`ingest.abf` with `chunk_s`)?
+fn is_chunked(schema: &Schema) -> bool {
+    crate::stages::ingest::CHUNK_COLUMNS.iter().any(|c| schema.field_with_name(c).is_ok())
+}
+
+/// Chunk rows need every chunk column as a number in seconds.
+fn check_chunk_columns(schema: &Schema) -> std::result::Result<(), Vec<Issue>> {
+    let p: &[&str] = &["inputs"];
+    let issues: Vec<Issue> = ["chunk_start_s", "chunk_end_s", "trace_start_s"]
+        .into_iter()
+        .filter_map(|c| require(schema, "sweeps", c, "a number", is_numeric, Some("s"), p).err())
+        .collect();
+    if issues.is_empty() { Ok(()) } else { Err(issues) }
+}
+
 /// One row of a list column as a slice; `Err` names the problem (null row, null samples).
 fn list_row<'a, T: arrow::datatypes::ArrowPrimitiveType>(
     list: &'a LargeListArray,
@@ -364,6 +393,8 @@ struct SweepColumns {
     response: LargeListArray,
     stimulus: Option<LargeListArray>,
     model_times: Option<LargeListArray>,
+    /// With chunk rows: trace start, core start, core end [s from the sweep start].
+    chunk: Option<[Float64Array; 3]>,
 }
 
 impl SweepColumns {
@@ -377,6 +408,12 @@ impl SweepColumns {
             response: col("response")?.as_list::<i64>().clone(),
             stimulus: batch.column_by_name("stimulus").map(|c| c.as_list::<i64>().clone()),
             model_times: batch.column_by_name("model_spike_times").map(|c| c.as_list::<i64>().clone()),
+            chunk: if is_chunked(&batch.schema()) {
+                let f = |name: &str| -> Result<Float64Array> { Ok(cast(name, &DataType::Float64)?.as_primitive::<Float64Type>().clone()) };
+                Some([f("trace_start_s")?, f("chunk_start_s")?, f("chunk_end_s")?])
+            } else {
+                None
+            },
         })
     }
     fn unit(&self, row: usize) -> String {
@@ -451,6 +488,9 @@ fn analyse_sweep(cols: &SweepColumns, row: usize, d: &Detection, w: &mut Worker)
         }
     }
     let dt_s = 1.0 / rate;
+    if let Some([trace_start, core_start, core_end]) = &cols.chunk {
+        return analyse_chunk(response, stimulus, dt_s, [trace_start, core_start, core_end].map(|c| c.value(row)), d, w);
+    }
     let t_of = |k: usize| k as f64 * dt_s;
     let t_last = t_of(n - 1);
     let (stim_window, start_s, end_s) = match d.window {
@@ -513,6 +553,69 @@ fn analyse_sweep(cols: &SweepColumns, row: usize, d: &Detection, w: &mut Worker)
     let spikes = detect_spikes_with(&mut w.ws, Timebase::Uniform { t0_s: 0.0, dt_s }, &w.v_mv, i_pa, start_s, end_s, &d.params)
         .map_err(|e| explain(e, d))?;
     Ok(SweepResult { window_start_s, window_end_s, stimulus: stim_window, spikes: SweepSpikes::Detected(spikes) })
+}
+
+/// Analyses one chunk row: detection on the whole trace (core and margins), then the spikes whose
+/// peak lies in the core, moved to the sweep's time base.
+fn analyse_chunk(
+    response: &[f32],
+    stimulus: Option<&[f32]>,
+    dt_s: f64,
+    [trace_start_s, core_start_s, core_end_s]: [f64; 3],
+    d: &Detection,
+    w: &mut Worker,
+) -> std::result::Result<SweepResult, String> {
+    let sample = |t: f64, name: &str| -> std::result::Result<usize, String> {
+        let k = (t / dt_s).round();
+        if !(k.is_finite() && k >= 0.0) {
+            return Err(format!("{name} = {t} s is not a time >= 0"));
+        }
+        Ok(k as usize)
+    };
+    let offset = sample(trace_start_s, "trace_start_s")?;
+    let (core_lo, core_hi) = (sample(core_start_s, "chunk_start_s")?, sample(core_end_s, "chunk_end_s")?);
+    if !(offset <= core_lo && core_lo <= core_hi && core_hi <= offset + response.len()) {
+        return Err(format!(
+            "chunk core {core_start_s}..{core_end_s} s does not lie in the trace ({} samples from {trace_start_s} s)",
+            response.len()
+        ));
+    }
+    w.v_mv.clear();
+    w.v_mv.extend(response.iter().map(|&x| f64::from(x)));
+    let i_pa = match stimulus {
+        Some(s) => {
+            w.i_pa.clear();
+            w.i_pa.extend(s.iter().map(|&x| f64::from(x)));
+            Some(w.i_pa.as_slice())
+        }
+        None => None,
+    };
+    let spikes = detect_spikes_with(&mut w.ws, Timebase::Uniform { t0_s: 0.0, dt_s }, &w.v_mv, i_pa, None, None, &d.params)
+        .map_err(|e| explain(e, d))?;
+    // Sweep time base: sample k of the trace is sample offset + k of the sweep, at (offset + k)·dt.
+    let point = |p: TracePoint| TracePoint { index: p.index + offset, t_s: (p.index + offset) as f64 * dt_s, ..p };
+    let slope = |p: SlopePoint| SlopePoint { index: p.index + offset, t_s: (p.index + offset) as f64 * dt_s, ..p };
+    let kept: Vec<Spike> = spikes
+        .into_iter()
+        .filter(|s| (core_lo..core_hi).contains(&(s.peak.index + offset)))
+        .map(|s| Spike {
+            threshold: point(s.threshold),
+            peak: point(s.peak),
+            trough: s.trough.map(point),
+            upstroke: s.upstroke.map(slope),
+            downstroke: s.downstroke.map(slope),
+            fast_trough: s.fast_trough.map(point),
+            adp: s.adp.map(point),
+            slow_trough: s.slow_trough.map(point),
+            ..s
+        })
+        .collect();
+    Ok(SweepResult {
+        window_start_s: core_start_s,
+        window_end_s: core_end_s,
+        stimulus: None,
+        spikes: SweepSpikes::Detected(kept),
+    })
 }
 
 /// Runs [`analyse_sweep`] on every row in parallel; failures go to `out`.
@@ -580,17 +683,29 @@ struct SpikeRow<'a> {
     clipped: Option<bool>,
 }
 
-fn spike_rows<'a>(cols: &'a SweepColumns, results: &[(usize, SweepResult)]) -> Vec<SpikeRow<'a>> {
+/// With chunk rows, the sweep whose chunks are arriving and its next spike number (chunks of a
+/// sweep arrive in order, one source file after the other).
+type SpikeCounter = Option<(String, i64, i64)>;
+
+fn spike_rows<'a>(cols: &'a SweepColumns, results: &[(usize, SweepResult)], counter: &mut SpikeCounter) -> Vec<SpikeRow<'a>> {
     let mut rows = Vec::new();
     for (row, res) in results {
         let (recording_id, sweep) = (cols.recording_id.value(*row), cols.sweep.value(*row));
+        // Spike numbers continue across the chunks of one sweep.
+        let first_number = match counter {
+            Some((id, s, next)) if cols.chunk.is_some() && id == recording_id && *s == sweep => *next,
+            _ => 0,
+        };
         match &res.spikes {
             SweepSpikes::Detected(spikes) => {
+                if cols.chunk.is_some() {
+                    *counter = Some((recording_id.to_string(), sweep, first_number + spikes.len() as i64));
+                }
                 for (k, s) in spikes.iter().enumerate() {
                     rows.push(SpikeRow {
                         recording_id,
                         sweep,
-                        spike: k as i64,
+                        spike: first_number + k as i64,
                         model: false,
                         points: [Some(s.threshold), Some(s.peak), s.trough, s.fast_trough, s.adp, s.slow_trough],
                         slopes: [s.upstroke, s.downstroke],
@@ -681,22 +796,36 @@ impl StageConfig for FeaturesSpikes {
     fn output_schema(&self, _ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
         let window_needs_stimulus = matches!(self.window, Some(WindowMode::Stimulus | WindowMode::FirstStep));
         check_sweeps_input(&inputs[0], window_needs_stimulus)?;
+        if is_chunked(&inputs[0]) {
+            check_chunk_columns(&inputs[0])?;
+            let mut issues = Vec::new();
+            if self.window.is_some_and(|w| w != WindowMode::Sweep) || self.start_s.is_some() || self.end_s.is_some() {
+                issues.push(Issue::at(&["window"], "the input holds chunk rows (ingest.abf chunk_s): only window = \"sweep\" applies; remove window/start_s/end_s or chunk_s"));
+            }
+            if inputs[0].field_with_name("model_spike_times").is_ok() {
+                issues.push(Issue::at(&["inputs"], "chunk rows with `model_spike_times` are not supported"));
+            }
+            if !issues.is_empty() {
+                return Err(issues);
+            }
+        }
         Ok(spikes_schema())
     }
     fn build(&self, _ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
-        Ok(Operator::Transform(Box::new(SpikesOp { detection: self.detection(WindowMode::Sweep), schema: output.clone() })))
+        Ok(Operator::Transform(Box::new(SpikesOp { detection: self.detection(WindowMode::Sweep), schema: output.clone(), counter: None })))
     }
 }
 
 struct SpikesOp {
     detection: Detection,
     schema: SchemaRef,
+    counter: SpikeCounter,
 }
 
 impl TransformOperator for SpikesOp {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         let (cols, results) = analyse_batch(&batch, &self.detection, out)?;
-        let rows = spike_rows(&cols, &results);
+        let rows = spike_rows(&cols, &results, &mut self.counter);
         out.emit(spikes_batch(&self.schema, &rows)?);
         Ok(())
     }
@@ -749,6 +878,12 @@ impl StageConfig for FeaturesSweep {
         let explicit = self.start_s.is_some() || self.end_s.is_some();
         let needs_stimulus = !explicit && self.window != Some(WindowMode::Sweep);
         check_sweeps_input(&inputs[0], needs_stimulus)?;
+        if is_chunked(&inputs[0]) {
+            return Err(vec![Issue::at(
+                &["inputs"],
+                "the input holds chunk rows (ingest.abf chunk_s); spike-train features need whole sweeps: remove chunk_s",
+            )]);
+        }
         Ok(sweep_features_schema(&inputs[0]))
     }
     fn build(&self, _ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {

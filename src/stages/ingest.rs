@@ -9,6 +9,14 @@
 //! the same name do not collide; the file stem travels along in the `file` column. A file that
 //! cannot be read (truncated, corrupt, not ABF2, wrong units) fails only itself: `out.fail(path,
 //! reader error)`, and the other files still flow.
+//!
+//! Bounded memory (`chunk_s`): a long recording (a gap-free hour at 20 kHz is 72 M samples) is
+//! never held whole. The file is opened header-only ([`AbfReader`]), hashed by streaming, and every
+//! sweep is emitted as consecutive chunk rows of `chunk_s` seconds (the chunk's "core"), each row's
+//! traces extended by `chunk_overlap_s` on both sides (clipped at the sweep ends) so that filters
+//! and spike detection downstream have context; `chunks_per_batch` rows make one batch. The extra
+//! columns say where a row lies in its sweep: `chunk`, `chunk_start_s` / `chunk_end_s` (the core,
+//! end exclusive) and `trace_start_s` (time of the row's first sample), all from the sweep start.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -23,10 +31,16 @@ use serde::{Deserialize, Serialize};
 use super::schema::{f32_trace, field};
 use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext};
 use crate::error::{Error, Result};
-use crate::formats::abf::AbfFile;
+use crate::formats::abf::{AbfFile, AbfReader};
 
 fn default_hash_hex_chars() -> usize {
     16
+}
+fn default_chunk_overlap_s() -> f64 {
+    0.1
+}
+fn default_chunks_per_batch() -> usize {
+    4
 }
 
 /// Reads ABF2 current-clamp recordings into the sweeps table, one batch per file.
@@ -45,6 +59,19 @@ pub struct IngestAbf {
     /// Hex digits of the file's blake3 hash kept as `recording_id` (8..=64) [digits].
     #[serde(default = "default_hash_hex_chars")]
     pub hash_hex_chars: usize,
+    /// Split every sweep into consecutive chunk rows of this duration (the last one shorter),
+    /// read from the file range by range, so memory stays bounded for long (gap-free) recordings;
+    /// adds the columns `chunk`, `chunk_start_s`, `chunk_end_s`, `trace_start_s`. Unset: one row
+    /// per whole sweep [s].
+    #[serde(default)]
+    pub chunk_s: Option<f64>,
+    /// Context added on both sides of each chunk's traces (clipped at the sweep ends), so that
+    /// filters and spike detection see the neighbourhood of the chunk's edges [s].
+    #[serde(default = "default_chunk_overlap_s")]
+    pub chunk_overlap_s: f64,
+    /// Chunk rows per emitted batch (with `chunk_s`) [rows].
+    #[serde(default = "default_chunks_per_batch")]
+    pub chunks_per_batch: usize,
 }
 
 /// The files a list of paths/globs/folders names, sorted and deduplicated; an issue per entry
@@ -78,6 +105,20 @@ pub(crate) fn expand_paths(ctx: &StageContext, key: &str, paths: &[String], exte
     files.sort();
     files.dedup();
     Ok(files)
+}
+
+/// The chunk columns added to the sweeps table by `chunk_s`.
+pub const CHUNK_COLUMNS: [&str; 4] = ["chunk", "chunk_start_s", "chunk_end_s", "trace_start_s"];
+
+/// The sweeps-table schema this stage emits with `chunk_s`: [`abf_sweeps_schema`] plus the chunk
+/// position columns.
+pub fn abf_chunked_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = abf_sweeps_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(field("chunk", DataType::Int64, false, None));
+    fields.push(field("chunk_start_s", DataType::Float64, false, Some("s")));
+    fields.push(field("chunk_end_s", DataType::Float64, false, Some("s")));
+    fields.push(field("trace_start_s", DataType::Float64, false, Some("s")));
+    Arc::new(Schema::new(fields))
 }
 
 /// The sweeps-table schema this stage emits.
@@ -115,11 +156,22 @@ impl StageConfig for IngestAbf {
         if !(8..=64).contains(&self.hash_hex_chars) {
             issues.push(Issue::at(&["hash_hex_chars"], format!("{} is outside 8..=64 hex digits", self.hash_hex_chars)));
         }
+        if let Some(c) = self.chunk_s
+            && !(c.is_finite() && c > 0.0)
+        {
+            issues.push(Issue::at(&["chunk_s"], format!("{c} s must be a positive finite duration")));
+        }
+        if !(self.chunk_overlap_s.is_finite() && self.chunk_overlap_s >= 0.0) {
+            issues.push(Issue::at(&["chunk_overlap_s"], format!("{} s must be a finite duration >= 0", self.chunk_overlap_s)));
+        }
+        if self.chunks_per_batch == 0 {
+            issues.push(Issue::at(&["chunks_per_batch"], "must be at least 1"));
+        }
         issues
     }
 
     fn output_schema(&self, _ctx: &StageContext, _inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
-        Ok(abf_sweeps_schema())
+        Ok(if self.chunk_s.is_some() { abf_chunked_schema() } else { abf_sweeps_schema() })
     }
 
     fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
@@ -142,6 +194,7 @@ impl StageConfig for IngestAbf {
             files: self.external_inputs(ctx)?,
             next_file: 0,
             seen: HashSet::new(),
+            cursor: None,
             config: self.clone(),
             schema: output.clone(),
         })))
@@ -154,12 +207,17 @@ struct AbfSource {
     next_file: usize,
     /// Recording ids already emitted: a byte-identical copy of a file is the same recording.
     seen: HashSet<String>,
+    /// With `chunk_s`: the file being emitted chunk by chunk.
+    cursor: Option<ChunkCursor>,
     config: IngestAbf,
     schema: SchemaRef,
 }
 
 impl SourceOperator for AbfSource {
     fn next(&mut self, out: &mut Emitter) -> Result<bool> {
+        if self.config.chunk_s.is_some() {
+            return self.next_chunks(out);
+        }
         let Some(path) = self.files.get(self.next_file).cloned() else {
             return Ok(false);
         };
@@ -210,13 +268,9 @@ fn list_item_field(schema: &Schema, column: &str) -> Field {
     }
 }
 
-/// Reads one file into a sweeps batch; the error is the reader's message (it names the file).
-fn read_abf_batch(path: &Path, cfg: &IngestAbf, schema: &SchemaRef) -> std::result::Result<(String, RecordBatch), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
-    let id = content_id(&bytes, cfg.hash_hex_chars);
-    let label = path.display().to_string();
-    let abf = AbfFile::from_bytes(&bytes, &label).map_err(|e| e.to_string())?;
-    drop(bytes);
+/// The response channel's name and units and the stimulus units, after checking that the chosen
+/// channels exist and are a current-clamp pair (mV recorded, pA commanded).
+fn check_channels(abf: &AbfFile, cfg: &IngestAbf, label: &str) -> std::result::Result<(String, String, String), String> {
     let adc = abf.adc_channels().get(cfg.adc_channel).ok_or_else(|| {
         format!("{label}: adc_channel {} does not exist (the file has {} ADC channels)", cfg.adc_channel, abf.channel_count())
     })?;
@@ -236,6 +290,17 @@ fn read_abf_batch(path: &Path, cfg: &IngestAbf, schema: &SchemaRef) -> std::resu
             cfg.dac_channel
         ));
     }
+    Ok((adc.name.clone(), adc.units.clone(), dac_units))
+}
+
+/// Reads one file into a sweeps batch; the error is the reader's message (it names the file).
+fn read_abf_batch(path: &Path, cfg: &IngestAbf, schema: &SchemaRef) -> std::result::Result<(String, RecordBatch), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+    let id = content_id(&bytes, cfg.hash_hex_chars);
+    let label = path.display().to_string();
+    let abf = AbfFile::from_bytes(&bytes, &label).map_err(|e| e.to_string())?;
+    drop(bytes);
+    let (adc_name, adc_units, dac_units) = check_channels(&abf, cfg, &label)?;
     let n_sweeps = abf.sweep_count();
     let mut responses: Vec<&[f32]> = Vec::with_capacity(n_sweeps);
     let mut stimuli: Vec<Vec<f32>> = Vec::with_capacity(n_sweeps);
@@ -254,8 +319,8 @@ fn read_abf_batch(path: &Path, cfg: &IngestAbf, schema: &SchemaRef) -> std::resu
         Arc::new(f32_list_array(&list_item_field(schema, "stimulus"), &stimulus_refs).map_err(|e| e.to_string())?),
         Arc::new(f32_list_array(&list_item_field(schema, "response"), &responses).map_err(|e| e.to_string())?),
         repeat(&stem),
-        repeat(&adc.name),
-        repeat(&adc.units),
+        repeat(&adc_name),
+        repeat(&adc_units),
         repeat(&dac_units),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| format!("{label}: {e}"))?;
@@ -416,4 +481,160 @@ fn read_nwb_batch(path: &Path, cfg: &IngestNwb, schema: &SchemaRef) -> std::resu
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| format!("{label}: {e}"))?;
     Ok((id, batch))
+}
+
+/// Where the chunked reading of one file stands.
+struct ChunkCursor {
+    reader: AbfReader,
+    label: String,
+    id: String,
+    stem: String,
+    response_channel: String,
+    response_units: String,
+    stimulus_units: String,
+    adc_channel: usize,
+    dac_channel: usize,
+    sweep: usize,
+    /// First sample of the next chunk's core in `sweep`.
+    next_start: usize,
+    chunk: i64,
+    core_samples: usize,
+    margin_samples: usize,
+}
+
+impl AbfSource {
+    /// Chunked mode: opens files as needed and emits at most `chunks_per_batch` chunk rows.
+    fn next_chunks(&mut self, out: &mut Emitter) -> Result<bool> {
+        while self.cursor.is_none() {
+            let Some(path) = self.files.get(self.next_file).cloned() else {
+                return Ok(false);
+            };
+            self.next_file += 1;
+            let label = path.display().to_string();
+            match open_chunked(&path, &self.config) {
+                Ok(cursor) => {
+                    if self.seen.insert(cursor.id.clone()) {
+                        self.cursor = Some(cursor);
+                    } else {
+                        tracing::warn!("{label}: same content as an earlier file (recording {}); skipped", cursor.id);
+                    }
+                }
+                Err(message) => out.fail(label, message),
+            }
+        }
+        let cursor = self.cursor.as_mut().expect("a file is open");
+        match chunk_batch(cursor, self.config.chunks_per_batch, &self.schema) {
+            Ok((batch, done)) => {
+                out.emit(batch);
+                if done {
+                    self.cursor = None;
+                }
+            }
+            Err(message) => {
+                // A read error mid-file (the file changed or is damaged) fails the recording.
+                out.fail(cursor.label.clone(), message);
+                self.cursor = None;
+            }
+        }
+        Ok(self.cursor.is_some() || self.next_file < self.files.len())
+    }
+}
+
+/// `recording_id` of a file, hashed by streaming (equal to [`content_id`] of its bytes).
+fn streamed_content_id(path: &Path, hex_chars: usize) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let hex = hasher.finalize().to_hex();
+    Ok(hex.as_str()[..hex_chars.min(64)].to_string())
+}
+
+/// Opens a file header-only and checks its channels, as [`read_abf_batch`] does.
+fn open_chunked(path: &Path, cfg: &IngestAbf) -> std::result::Result<ChunkCursor, String> {
+    let label = path.display().to_string();
+    let id = streamed_content_id(path, cfg.hash_hex_chars).map_err(|e| format!("{label}: cannot read the file: {e}"))?;
+    let reader = AbfReader::open(path).map_err(|e| e.to_string())?;
+    let abf = reader.header();
+    let (adc_name, adc_units, dac_units) = check_channels(abf, cfg, &label)?;
+    let rate = f64::from(abf.sampling_rate_hz());
+    let chunk_s = cfg.chunk_s.unwrap_or(f64::INFINITY);
+    let core_samples = ((chunk_s * rate).round().max(1.0) as usize).min(abf.samples_per_sweep().max(1));
+    let margin_samples = ((cfg.chunk_overlap_s * rate).round() as usize).min(abf.samples_per_sweep());
+    Ok(ChunkCursor {
+        reader,
+        label,
+        id,
+        stem: path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+        response_channel: adc_name,
+        response_units: adc_units,
+        stimulus_units: dac_units,
+        adc_channel: cfg.adc_channel,
+        dac_channel: cfg.dac_channel,
+        sweep: 0,
+        next_start: 0,
+        chunk: 0,
+        core_samples,
+        margin_samples,
+    })
+}
+
+/// The next up-to-`max_rows` chunk rows of the cursor's file; `true` when the file is done.
+fn chunk_batch(c: &mut ChunkCursor, max_rows: usize, schema: &SchemaRef) -> std::result::Result<(RecordBatch, bool), String> {
+    let (sweeps, n, rate) = {
+        let h = c.reader.header();
+        (h.sweep_count(), h.samples_per_sweep(), h.sampling_rate_hz())
+    };
+    let dt_s = 1.0 / f64::from(rate);
+    let (mut sweep_col, mut chunk_col, mut core_start, mut core_end, mut trace_start) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut responses: Vec<Vec<f32>> = Vec::new();
+    let mut stimuli: Vec<Vec<f32>> = Vec::new();
+    while responses.len() < max_rows && c.sweep < sweeps {
+        let (c0, c1) = (c.next_start, (c.next_start + c.core_samples).min(n));
+        let (t0, t1) = (c0.saturating_sub(c.margin_samples), (c1 + c.margin_samples).min(n));
+        responses.push(c.reader.read_adc_range(c.adc_channel, c.sweep, t0, t1 - t0).map_err(|e| e.to_string())?);
+        stimuli.push(c.reader.header().sweep_command_range_f32(c.dac_channel, c.sweep, t0, t1 - t0).map_err(|e| e.to_string())?);
+        sweep_col.push(c.sweep as i64);
+        chunk_col.push(c.chunk);
+        // Times as k·dt, the values a whole-sweep analysis gives sample k.
+        core_start.push(c0 as f64 * dt_s);
+        core_end.push(c1 as f64 * dt_s);
+        trace_start.push(t0 as f64 * dt_s);
+        c.chunk += 1;
+        c.next_start = c1;
+        if c1 >= n {
+            c.sweep += 1;
+            c.next_start = 0;
+            c.chunk = 0;
+        }
+    }
+    let rows = responses.len();
+    let h = c.reader.header();
+    let repeat = |s: &str| -> ArrayRef { Arc::new(StringArray::from(vec![s; rows])) };
+    let response_refs: Vec<&[f32]> = responses.iter().map(Vec::as_slice).collect();
+    let stimulus_refs: Vec<&[f32]> = stimuli.iter().map(Vec::as_slice).collect();
+    let columns: Vec<ArrayRef> = vec![
+        repeat(&c.id),
+        Arc::new(Int64Array::from(sweep_col)),
+        repeat(h.protocol()),
+        Arc::new(Float64Array::from(vec![f64::from(rate); rows])),
+        Arc::new(f32_list_array(&list_item_field(schema, "stimulus"), &stimulus_refs).map_err(|e| e.to_string())?),
+        Arc::new(f32_list_array(&list_item_field(schema, "response"), &response_refs).map_err(|e| e.to_string())?),
+        repeat(&c.stem),
+        repeat(&c.response_channel),
+        repeat(&c.response_units),
+        repeat(&c.stimulus_units),
+        Arc::new(Int64Array::from(chunk_col)),
+        Arc::new(Float64Array::from(core_start)),
+        Arc::new(Float64Array::from(core_end)),
+        Arc::new(Float64Array::from(trace_start)),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| format!("{}: {e}", c.label))?;
+    Ok((batch, c.sweep >= sweeps))
 }
