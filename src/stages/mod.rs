@@ -12,6 +12,7 @@ pub mod dic_data;
 pub mod features;
 pub mod generic;
 pub mod ingest;
+pub mod preprocess;
 pub mod schema;
 pub mod simulate;
 pub mod simulate_hh;
@@ -291,6 +292,9 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<dic::DicValidate>(),
         entry::<dic_data::DicTargets>(),
         entry::<dic_data::FeaturesIsi>(),
+        entry::<preprocess::IngestNatImg>(),
+        entry::<preprocess::PreprocessSpontaneous>(),
+        entry::<preprocess::PreprocessVoxelize>(),
         entry::<train::TrainRegress>(),
         entry::<train::TrainClassify>(),
         entry::<train::TrainCluster>(),
