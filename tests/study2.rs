@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{AsArray, RecordBatch, RecordBatchReader};
 use arrow::datatypes::{Float32Type, Int64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -126,7 +126,7 @@ fn natimg_pipeline_matches_study_preprocessing_and_reports_occupancy_and_baselin
 
     // The classifier's metrics carry the baselines (from the real label counts) and the imbalance-aware scores.
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/decode/metrics.json")).unwrap()).unwrap();
-    let pooled = &m["pooled"]["values"];
+    let pooled = &m["targets"]["label"]["pooled"]["values"];
     let maj = pooled["majority_baseline_accuracy"].as_f64().expect("majority baseline in metrics.json");
     assert!((maj - r["majority_baseline_accuracy"].as_f64().unwrap()).abs() < 1e-12, "majority {maj}");
     let chance = pooled["chance_accuracy"].as_f64().expect("chance in metrics.json");
@@ -135,7 +135,7 @@ fn natimg_pipeline_matches_study_preprocessing_and_reports_occupancy_and_baselin
         let v = pooled[key].as_f64().unwrap_or_else(|| panic!("{key} in metrics.json"));
         assert!((0.0..=1.0).contains(&v), "{key} = {v}");
     }
-    let confusion = m["pooled"]["confusion"].as_array().expect("confusion matrix");
+    let confusion = m["targets"]["label"]["pooled"]["confusion"].as_array().expect("confusion matrix");
     assert_eq!(confusion.len(), 12, "12 classes");
     let total: u64 = confusion.iter().flat_map(|r| r.as_array().unwrap()).map(|x| x.as_u64().unwrap()).sum();
     assert_eq!(total, 700);
@@ -144,7 +144,7 @@ fn natimg_pipeline_matches_study_preprocessing_and_reports_occupancy_and_baselin
 }
 
 #[test]
-fn bad_class_file_and_missing_positions_are_clear() {
+fn bad_class_file_and_missing_grid_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("data")).unwrap();
