@@ -308,8 +308,9 @@ impl VoxelGrid {
 /// Bins neurons at `positions` into a dense grid over [min, max] of each axis. Bin `i` of an
 /// axis holds `origin + i*width <= p < origin + (i+1)*width`, except that the last bin also
 /// holds `p == max` (inclusive upper edge), so no neuron falls outside the grid. With
-/// [`BinSpec::Size`] the bin count is `max(1, ceil(range / width))`; an axis with zero range has
-/// one bin.
+/// [`BinSpec::Size`] the bin count is `max(1, ceil(range / width))` and an axis with zero range
+/// has one bin; with [`BinSpec::Count`] the grid keeps the asked shape and an axis with zero range
+/// puts every neuron in its first bin (the others are empty, and reported as such).
 pub fn voxel_grid(positions: &[[f32; 3]], bins: BinSpec) -> std::result::Result<VoxelGrid, String> {
     if positions.is_empty() {
         return Err("no neuron positions".into());
@@ -334,7 +335,7 @@ pub fn voxel_grid(positions: &[[f32; 3]], bins: BinSpec) -> std::result::Result<
                 if c[a] == 0 {
                     return Err(format!("axis {a}: 0 bins"));
                 }
-                dims[a] = if range > 0.0 { c[a] } else { 1 };
+                dims[a] = c[a];
                 width[a] = range / dims[a] as f64;
             }
             BinSpec::Size(s) => {
@@ -1068,18 +1069,6 @@ impl TransformOperator for VoxelizeOperator {
                 self.failed.insert(id, msg);
                 continue;
             }
-            if let Some(c) = self.cfg.bins
-                && grid.len() != c[0] * c[1] * c[2]
-            {
-                // An axis with zero range collapses to one bin; pad to the declared fixed size.
-                let msg = format!(
-                    "recording {id}: every neuron has the same coordinate on an axis, so the {}x{}x{} grid cannot be filled; give that axis 1 bin",
-                    c[0], c[1], c[2]
-                );
-                out.fail(id.clone(), msg.clone());
-                self.failed.insert(id, msg);
-                continue;
-            }
             let start = voxels.len();
             voxels.extend(grid.mean(a));
             voxel_rows.push((start, voxels.len()));
@@ -1262,6 +1251,10 @@ mod tests {
         let pos = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [30.0, 0.0, 0.0]];
         let g = voxel_grid(&pos, BinSpec::Count([3, 1, 1])).unwrap();
         assert_eq!(g.dims, [3, 1, 1]);
+        // y and z have zero range: with bin counts the shape stays, every neuron in bin 0 there.
+        let g2 = voxel_grid(&pos, BinSpec::Count([3, 2, 1])).unwrap();
+        assert_eq!(g2.neurons_per_voxel, vec![2, 0, 0, 0, 1, 0]);
+        assert_eq!(voxel_grid(&pos, BinSpec::Size([10.0, 5.0, 5.0])).unwrap().dims, [3, 1, 1]);
         assert_eq!(g.neurons_per_voxel, vec![2, 0, 1]);
         assert_eq!(g.empty_voxel_coordinates(), vec![[1, 0, 0]]);
         assert_eq!(g.mean(&[1.0, 3.0, -5.0]), vec![2.0, 0.0, -5.0]);
