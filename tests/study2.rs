@@ -161,3 +161,45 @@ fn bad_class_file_and_missing_grid_are_clear() {
     assert!(text.contains("classes.csv") && text.contains("line 2"), "the class file error names file and line:\n{text}");
     assert!(text.contains("bins") && text.contains("bin_size"), "voxelize without a grid is refused:\n{text}");
 }
+
+#[test]
+fn truncated_recording_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("rec")).unwrap();
+    std::fs::create_dir_all(dir.join("labels")).unwrap();
+    let bytes = std::fs::read(fixture("natimg/natimg_tiny.mat")).unwrap();
+    std::fs::write(dir.join("rec/natimg_tiny.mat"), &bytes).unwrap();
+    std::fs::write(dir.join("rec/broken.mat"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::copy(fixture("nwbmat/class_assignment_confident.csv"), dir.join("labels/classes.csv")).unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        r#"
+[pipeline]
+name = "broken"
+[stages.r]
+kind = "ingest.natimg"
+paths = ["rec"]
+classes = "labels/classes.csv"
+[stages.n]
+kind = "preprocess.spontaneous"
+inputs = ["r"]
+n_components = 4
+[stages.v]
+kind = "preprocess.voxelize"
+inputs = ["n"]
+bin_size = [400.0, 400.0, 400.0]
+[stages.out]
+kind = "sink.parquet"
+inputs = ["v"]
+path = "out/voxels.parquet"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "p.toml"]).current_dir(dir).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("broken.mat"), "the failure names the file:\n{text}");
+    let b = read_parquet(&dir.join("out/voxels.parquet"));
+    assert_eq!(b.num_rows(), 700, "the good recording went through every stage");
+}
