@@ -15,6 +15,7 @@ pub mod features_trace;
 pub mod generic;
 pub mod group_stats;
 pub mod ingest;
+pub mod preprocess;
 pub mod schema;
 pub mod simulate;
 pub mod simulate_hh;
@@ -299,6 +300,9 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<dic::DicValidate>(),
         entry::<dic_data::DicTargets>(),
         entry::<dic_data::FeaturesIsi>(),
+        entry::<preprocess::IngestNatImg>(),
+        entry::<preprocess::PreprocessSpontaneous>(),
+        entry::<preprocess::PreprocessVoxelize>(),
         entry::<train::TrainRegress>(),
         entry::<train::TrainClassify>(),
         entry::<train::TrainCluster>(),
