@@ -83,3 +83,65 @@ path = "out/abf.parquet"
     let units = nwb.column_by_name("response_units").unwrap().as_string::<i32>().value(0).to_string();
     assert_eq!(units, "mV");
 }
+
+/// `source.csv` on the hc-3 cell table (no header; CRCNS metadata): the row count and the
+/// interneuron / pyramidal counts equal Python's csv module's on the same file, the declared unit
+/// lands in the schema, and a second file with a malformed row fails alone, named with its line.
+#[test]
+fn csv_tables_read_with_inferred_types_declared_units_and_a_bad_file_failing_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("tables")).unwrap();
+    std::fs::copy(fixtures().join("hc3/hc3-cell-first2000.csv"), d.join("tables/a_cells.csv")).unwrap();
+    std::fs::write(d.join("tables/b_broken.csv"), "5,ec1,ec,1,2,CA1,0,0,0,0,0,0,1.5,1.5,p\n6,ec1,ec,1,3,CA1,0,0\n").unwrap();
+    std::fs::write(
+        d.join("p.toml"),
+        r#"
+[pipeline]
+name = "csv"
+
+[stages.cells]
+kind = "source.csv"
+paths = ["tables/*.csv"]
+has_header = false
+units = { column_13 = "Hz" }
+
+[stages.interneurons]
+kind = "transform.filter"
+inputs = ["cells"]
+where = "column_15 == 'i'"
+
+[stages.pyramidal]
+kind = "transform.filter"
+inputs = ["cells"]
+where = "column_15 == 'p'"
+
+[stages.all_out]
+kind = "sink.parquet"
+inputs = ["cells"]
+path = "out/all.parquet"
+
+[stages.i_out]
+kind = "sink.parquet"
+inputs = ["interneurons"]
+path = "out/i.parquet"
+
+[stages.p_out]
+kind = "sink.parquet"
+inputs = ["pyramidal"]
+path = "out/p.parquet"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "p.toml"]).current_dir(d).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "the broken file makes the run exit 1:\n{text}");
+    assert!(text.contains("b_broken.csv") && text.contains("line 2"), "the broken file is named, with the line:\n{text}");
+    let all = read(&d.join("out/all.parquet"));
+    assert_eq!(all.num_rows(), 2000);
+    assert_eq!(read(&d.join("out/i.parquet")).num_rows(), 306);
+    assert_eq!(read(&d.join("out/p.parquet")).num_rows(), 1491);
+    let f = all.schema().field_with_name("column_13").unwrap().clone();
+    assert_eq!(f.metadata().get("unit").map(String::as_str), Some("Hz"));
+    assert_eq!(f.data_type(), &arrow::datatypes::DataType::Float64);
+}

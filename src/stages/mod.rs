@@ -8,6 +8,7 @@
 
 pub mod allen;
 pub mod cell;
+pub mod csv_source;
 pub mod dic;
 pub mod dic_data;
 pub mod features;
@@ -274,6 +275,7 @@ pub fn entry<T: StageConfig>() -> KindEntry {
 pub fn registry() -> Vec<KindEntry> {
     vec![
         entry::<generic::SourceParquet>(),
+        entry::<csv_source::SourceCsv>(),
         entry::<generic::SinkParquet>(),
         entry::<generic::SinkCsv>(),
         entry::<generic::Select>(),
