@@ -76,6 +76,27 @@ pub struct IngestAbf {
 
 /// The files a list of paths/globs/folders names, sorted and deduplicated; an issue per entry
 /// that names nothing.
+/// The checks every file-reading source shares, all issues at once: at least one entry in `paths`,
+/// every entry naming a file with `extension` (`what` names it in the message, e.g. "ABF file"),
+/// and a `hash_hex_chars` in 8..=64.
+pub(crate) fn check_file_source(ctx: &StageContext, paths: &[String], extension: &str, what: &str, hash_hex_chars: usize) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    if paths.is_empty() {
+        issues.push(Issue::at(&["paths"], format!("give at least one {what}, glob pattern or folder")));
+    } else if let Err(mut e) = expand_paths(ctx, "paths", paths, extension) {
+        issues.append(&mut e);
+    }
+    if !(8..=64).contains(&hash_hex_chars) {
+        issues.push(Issue::at(&["hash_hex_chars"], format!("{hash_hex_chars} is outside 8..=64 hex digits")));
+    }
+    issues
+}
+
+/// The files of a file-reading source at run time (the first issue becomes the stage's error).
+pub(crate) fn source_files(ctx: &StageContext, paths: &[String], extension: &str) -> Result<Vec<PathBuf>> {
+    expand_paths(ctx, "paths", paths, extension).map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))
+}
+
 pub(crate) fn expand_paths(ctx: &StageContext, key: &str, paths: &[String], extension: &str) -> std::result::Result<Vec<PathBuf>, Vec<Issue>> {
     let mut files = Vec::new();
     let mut issues = Vec::new();
@@ -147,15 +168,7 @@ impl StageConfig for IngestAbf {
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
-        let mut issues = Vec::new();
-        if self.paths.is_empty() {
-            issues.push(Issue::at(&["paths"], "give at least one ABF file, glob pattern or folder"));
-        } else if let Err(mut e) = expand_paths(ctx, "paths", &self.paths, "abf") {
-            issues.append(&mut e);
-        }
-        if !(8..=64).contains(&self.hash_hex_chars) {
-            issues.push(Issue::at(&["hash_hex_chars"], format!("{} is outside 8..=64 hex digits", self.hash_hex_chars)));
-        }
+        let mut issues = check_file_source(ctx, &self.paths, "abf", "ABF file", self.hash_hex_chars);
         if let Some(c) = self.chunk_s
             && !(c.is_finite() && c > 0.0)
         {
@@ -175,8 +188,7 @@ impl StageConfig for IngestAbf {
     }
 
     fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
-        expand_paths(ctx, "paths", &self.paths, "abf")
-            .map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))
+        source_files(ctx, &self.paths, "abf")
     }
 
     /// A single folder or `folder/*.abf` glob can be watched (`run --watch`): each new recording
@@ -358,16 +370,7 @@ impl StageConfig for IngestNwb {
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
-        let mut issues = Vec::new();
-        if self.paths.is_empty() {
-            issues.push(Issue::at(&["paths"], "give at least one NWB file, glob pattern or folder"));
-        } else if let Err(mut e) = expand_paths(ctx, "paths", &self.paths, "nwb") {
-            issues.append(&mut e);
-        }
-        if !(8..=64).contains(&self.hash_hex_chars) {
-            issues.push(Issue::at(&["hash_hex_chars"], format!("{} is outside 8..=64 hex digits", self.hash_hex_chars)));
-        }
-        issues
+        check_file_source(ctx, &self.paths, "nwb", "NWB file", self.hash_hex_chars)
     }
 
     fn output_schema(&self, _ctx: &StageContext, _inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
@@ -375,7 +378,7 @@ impl StageConfig for IngestNwb {
     }
 
     fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
-        expand_paths(ctx, "paths", &self.paths, "nwb").map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))
+        source_files(ctx, &self.paths, "nwb")
     }
 
     fn watch(&self, ctx: &StageContext) -> Option<super::WatchSource> {

@@ -38,7 +38,7 @@ use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ingest::{content_id, expand_paths};
+use super::ingest::{check_file_source, content_id, source_files};
 use super::schema::{UNIT_KEY, column_list, field, is_string, unit_of};
 use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
@@ -525,17 +525,9 @@ impl StageConfig for IngestNatImg {
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
-        let mut issues = Vec::new();
-        if self.paths.is_empty() {
-            issues.push(Issue::at(&["paths"], "give at least one .mat file, glob pattern or folder"));
-        } else if let Err(mut e) = expand_paths(ctx, "paths", &self.paths, "mat") {
-            issues.append(&mut e);
-        }
+        let mut issues = check_file_source(ctx, &self.paths, "mat", ".mat file", self.hash_hex_chars);
         if let Err(e) = read_classes(&ctx.resolve(&self.classes)) {
             issues.push(Issue::at(&["classes"], e));
-        }
-        if !(8..=64).contains(&self.hash_hex_chars) {
-            issues.push(Issue::at(&["hash_hex_chars"], format!("{} is outside 8..=64 hex digits", self.hash_hex_chars)));
         }
         issues
     }
@@ -546,13 +538,13 @@ impl StageConfig for IngestNatImg {
 
     fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
         let mut files =
-            expand_paths(ctx, "paths", &self.paths, "mat").map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))?;
+            source_files(ctx, &self.paths, "mat")?;
         files.push(ctx.resolve(&self.classes));
         Ok(files)
     }
 
     fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
-        let files = expand_paths(ctx, "paths", &self.paths, "mat").map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))?;
+        let files = source_files(ctx, &self.paths, "mat")?;
         let classes = read_classes(&ctx.resolve(&self.classes)).map_err(Error::msg)?;
         Ok(Operator::Source(Box::new(NatImgSource { cfg: self.clone(), files, next_file: 0, classes, schema: output.clone() })))
     }

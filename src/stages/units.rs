@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ingest::{content_id, expand_paths};
+use super::ingest::{check_file_source, content_id, source_files};
 use super::schema::{field, is_numeric, is_scalar, is_string, require};
 use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
@@ -115,16 +115,7 @@ impl StageConfig for IngestCellExplorer {
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
-        let mut issues = Vec::new();
-        if self.paths.is_empty() {
-            issues.push(Issue::at(&["paths"], "give at least one .mat file, glob pattern or folder"));
-        } else if let Err(mut e) = expand_paths(ctx, "paths", &self.paths, "mat") {
-            issues.append(&mut e);
-        }
-        if !(8..=64).contains(&self.hash_hex_chars) {
-            issues.push(Issue::at(&["hash_hex_chars"], format!("{} is outside 8..=64 hex digits", self.hash_hex_chars)));
-        }
-        issues
+        check_file_source(ctx, &self.paths, "mat", ".mat file", self.hash_hex_chars)
     }
 
     fn output_schema(&self, _ctx: &StageContext, _inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
@@ -132,7 +123,7 @@ impl StageConfig for IngestCellExplorer {
     }
 
     fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
-        expand_paths(ctx, "paths", &self.paths, "mat").map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))
+        source_files(ctx, &self.paths, "mat")
     }
 
     fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
