@@ -234,18 +234,24 @@ impl SourceOperator for AbfSource {
             return Ok(false);
         };
         self.next_file += 1;
-        let label = path.display().to_string();
-        match read_abf_batch(&path, &self.config, &self.schema) {
-            Ok((id, batch)) => {
-                if self.seen.insert(id.clone()) {
-                    out.emit(batch);
-                } else {
-                    tracing::warn!("{label}: same content as an earlier file (recording {id}); skipped");
-                }
-            }
-            Err(message) => out.fail(label, message),
-        }
+        emit_file_once(out, &mut self.seen, &path, read_abf_batch(&path, &self.config, &self.schema));
         Ok(self.next_file < self.files.len())
+    }
+}
+
+/// Emits one file's batch unless a byte-identical file was already emitted (same recording id), or
+/// fails that file alone with the reader's message.
+fn emit_file_once(out: &mut Emitter, seen: &mut HashSet<String>, path: &Path, read: std::result::Result<(String, RecordBatch), String>) {
+    let label = path.display().to_string();
+    match read {
+        Ok((id, batch)) => {
+            if seen.insert(id.clone()) {
+                out.emit(batch);
+            } else {
+                tracing::warn!("{label}: same content as an earlier file (recording {id}); skipped");
+            }
+        }
+        Err(message) => out.fail(label, message),
     }
 }
 
@@ -423,17 +429,7 @@ impl SourceOperator for NwbSource {
             return Ok(false);
         };
         self.next_file += 1;
-        let label = path.display().to_string();
-        match read_nwb_batch(&path, &self.config, &self.schema) {
-            Ok((id, batch)) => {
-                if self.seen.insert(id.clone()) {
-                    out.emit(batch);
-                } else {
-                    tracing::warn!("{label}: same content as an earlier file (recording {id}); skipped");
-                }
-            }
-            Err(message) => out.fail(label, message),
-        }
+        emit_file_once(out, &mut self.seen, &path, read_nwb_batch(&path, &self.config, &self.schema));
         Ok(self.next_file < self.files.len())
     }
 }
