@@ -26,15 +26,13 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, LargeListArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, Schema, SchemaRef};
 use rayon::prelude::*;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
-use super::features::{Cutoff, d_filter, d_heavy, defaults};
+use super::features::{ipfx_detection_struct, plain_config_struct};
 use super::schema::{field, is_numeric, is_string, require};
 use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::features::cell::{CellFeatureParams, CellFeatures, CellSweep, analyze_sweep, summarize_cell};
-use crate::features::spikes::{SpikeDetectionParams, SpikeWorkspace, Timebase};
+use crate::features::spikes::{SpikeWorkspace, Timebase};
 use crate::features::subthreshold::{
     StimulusWindow, SubthresholdFeatures, SubthresholdParams, SweepTrace, first_step, subthreshold_features,
 };
@@ -81,13 +79,13 @@ fn d_hero_max() -> f64 {
 
 /// Declares a per-cell stage config: the grouping, window and subthreshold options both stages
 /// share, then the stage's own fields (serde's `deny_unknown_fields` does not combine with
-/// `flatten`, hence a macro).
+/// `flatten`, hence a macro). `$declare` is `ipfx_detection_struct` for a stage that detects
+/// spikes (adds IPFX's detection options) or `plain_config_struct`.
 macro_rules! cell_config {
-    ($(#[$meta:meta])* $name:ident { $($extra:tt)* }) => {
+    ($declare:ident; $(#[$meta:meta])* $name:ident { $($extra:tt)* }) => {
+        $declare! {
         $(#[$meta])*
-        #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-        #[serde(deny_unknown_fields)]
-        pub struct $name {
+        $name {
             /// Column whose value names the cell; rows with the same value are one cell's sweeps
             /// (default `recording_id`: one ABF file per cell) [column].
             #[serde(default = "d_cell_column")]
@@ -119,6 +117,7 @@ macro_rules! cell_config {
             #[serde(default = "d_tau_rmse")]
             pub tau_rmse_max_mv: f64,
             $($extra)*
+        }
         }
 
         impl $name {
@@ -166,58 +165,10 @@ macro_rules! cell_config {
 }
 
 cell_config! {
+    ipfx_detection_struct;
     /// IPFX's long-square cell summary (rheobase, F-I slope, Ri, τ, sag, hero-sweep and
     /// rheobase-spike features) of every cell; one row per cell.
     FeaturesCell {
-        /// Cutoff of the 4-pole Bessel filter before dV/dt (IPFX `filter`, 10), or "none"; must
-        /// be below half the sampling rate (5 for 20 kHz recordings) [kHz].
-        #[serde(default = "d_filter")]
-        pub filter_khz: Cutoff,
-        /// dV/dt whose up-crossing marks a putative spike (IPFX `dv_cutoff`, 20) [V/s].
-        #[serde(default = "defaults::dv_cutoff_v_per_s")]
-        pub dv_cutoff_v_per_s: f64,
-        /// Longest threshold-to-peak time (IPFX `max_interval`, 0.005) [s].
-        #[serde(default = "defaults::max_interval_s")]
-        pub max_interval_s: f64,
-        /// Smallest threshold-to-peak height (IPFX `min_height`, 2) [mV].
-        #[serde(default = "defaults::min_height_mv")]
-        pub min_height_mv: f64,
-        /// Smallest peak voltage (IPFX `min_peak`, -30) [mV].
-        #[serde(default = "defaults::min_peak_mv")]
-        pub min_peak_mv: f64,
-        /// Threshold at this fraction of the mean maximum upstroke (IPFX `thresh_frac`, 0.05) [1].
-        #[serde(default = "defaults::thresh_frac")]
-        pub thresh_frac: f64,
-        /// Reject spikes within this time after the window start, 0 = off (IPFX
-        /// `reject_at_stim_start_interval`, 0) [s].
-        #[serde(default = "defaults::reject_at_stim_start_interval_s")]
-        pub reject_at_stim_start_interval_s: f64,
-        /// The last spike is clipped unless V returns to threshold + this (IPFX `tol`, 1) [mV].
-        #[serde(default = "defaults::clip_tolerance_mv")]
-        pub clip_tolerance_mv: f64,
-        /// Cutoff of the heavier Bessel filter for the ADP search (IPFX `heavy_filter`, 1), or
-        /// "none" [kHz].
-        #[serde(default = "d_heavy")]
-        pub heavy_filter_khz: Cutoff,
-        /// Fast trough at dV/dt >= this fraction of the downstroke (IPFX `term_frac`, 0.01) [1].
-        #[serde(default = "defaults::term_frac")]
-        pub term_frac: f64,
-        /// Heavy-filtered dV/dt that starts an ADP (IPFX `adp_thresh`, 0.5) [V/s].
-        #[serde(default = "defaults::adp_thresh_v_per_s")]
-        pub adp_thresh_v_per_s: f64,
-        /// Minimum drop for a "detour" reset (IPFX trough-details `tol`, 0.5) [mV].
-        #[serde(default = "defaults::detour_tolerance_mv")]
-        pub detour_tolerance_mv: f64,
-        /// The ADP rise must start within this time of the fast trough (IPFX `flat_interval`,
-        /// 0.002) [s].
-        #[serde(default = "defaults::flat_interval_s")]
-        pub flat_interval_s: f64,
-        /// Largest fast-trough-to-ADP time (IPFX `adp_max_delta_t`, 0.005) [s].
-        #[serde(default = "defaults::adp_max_delta_t_s")]
-        pub adp_max_delta_t_s: f64,
-        /// Largest fast-trough-to-ADP rise (IPFX `adp_max_delta_v`, 10) [mV].
-        #[serde(default = "defaults::adp_max_delta_v_mv")]
-        pub adp_max_delta_v_mv: f64,
         /// Sweeps with amplitude above this (and below `subthresh_max_amp_pa`) give Ri and τ
         /// (IPFX `subthresh_min_amp`, -100) [pA].
         #[serde(default = "d_subthresh_min")]
@@ -242,6 +193,7 @@ cell_config! {
 }
 
 cell_config! {
+    plain_config_struct;
     /// IPFX's subthreshold features (baseline Vm, peak deflection, sag, τ) of every sweep, over
     /// its cell's stimulus window; one row per sweep.
     FeaturesSubthreshold {}
@@ -250,23 +202,7 @@ cell_config! {
 impl FeaturesCell {
     fn params(&self) -> CellFeatureParams {
         CellFeatureParams {
-            spike_detection: SpikeDetectionParams {
-                filter_khz: self.filter_khz.khz(),
-                dv_cutoff_v_per_s: self.dv_cutoff_v_per_s,
-                max_interval_s: self.max_interval_s,
-                min_height_mv: self.min_height_mv,
-                min_peak_mv: self.min_peak_mv,
-                thresh_frac: self.thresh_frac,
-                reject_at_stim_start_interval_s: self.reject_at_stim_start_interval_s,
-                clip_tolerance_mv: self.clip_tolerance_mv,
-                heavy_filter_khz: self.heavy_filter_khz.khz(),
-                term_frac: self.term_frac,
-                adp_thresh_v_per_s: self.adp_thresh_v_per_s,
-                detour_tolerance_mv: self.detour_tolerance_mv,
-                flat_interval_s: self.flat_interval_s,
-                adp_max_delta_t_s: self.adp_max_delta_t_s,
-                adp_max_delta_v_mv: self.adp_max_delta_v_mv,
-            },
+            spike_detection: self.spike_detection(),
             subthreshold: self.subthreshold(),
             subthresh_min_amp_pa: self.subthresh_min_amp_pa,
             subthresh_max_amp_pa: self.subthresh_max_amp_pa,
