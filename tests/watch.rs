@@ -280,3 +280,80 @@ validation = { method = "k_fold", k = 2 }
     assert!(checkpoint::list(&p.run_dir().join("counts")).is_empty(), "increments never train on one file");
     assert_eq!(read_ledger(&p.run_dir()).iter().filter(|e| e.status == "ok").count(), 3);
 }
+
+/// Watching a folder of ABF recordings (`ingest.abf` over a folder, the way a rig's acquisition
+/// folder is watched): each recording is ingested once when it appears, its spikes land in their
+/// own checkpoint, and a truncated recording is quarantined by name while the others go on. The
+/// soak test above covers `source.parquet`; this one covers a binary-format reader in the loop.
+#[test]
+fn a_watched_abf_folder_ingests_each_recording_once_and_quarantines_a_truncated_one() {
+    let pipeline = r#"
+[pipeline]
+name = "core"
+
+[stages.sweeps]
+kind = "ingest.abf"
+paths = ["inbox"]
+
+[stages.spikes]
+kind = "features.spikes"
+inputs = ["sweeps"]
+filter_khz = 5
+"#;
+    let p = Project::new(pipeline);
+    let inbox = p.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let mut child = spawn_watcher(&p);
+    let abf = |name: &str| std::fs::read(fixtures().join("abf").join(format!("{name}.abf"))).unwrap();
+    let wait_for = |n: usize| {
+        let t = Instant::now();
+        while read_ledger(&p.run_dir()).len() < n {
+            assert!(t.elapsed() < Duration::from_secs(90), "ledger never reached {n} entries: {:#?}", read_ledger(&p.run_dir()));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(inbox.join("cell_a.abf"), abf("171116sh_0018")).unwrap();
+    wait_for(1);
+    // Truncated mid-data: the header parses, the sweeps do not fit.
+    let b = abf("17o05028_ic_steps");
+    std::fs::write(inbox.join("cell_b_truncated.abf"), &b[..b.len() / 3]).unwrap();
+    wait_for(2);
+    // Written in four parts, like a slow network copy: the settle time must wait for the last.
+    let mut f = std::fs::File::create(inbox.join("cell_b.abf")).unwrap();
+    for k in 0..4 {
+        use std::io::Write;
+        f.write_all(&b[k * b.len() / 4..(k + 1) * b.len() / 4]).unwrap();
+        f.sync_all().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    drop(f);
+    let status = wait_with_deadline(&mut child, Duration::from_secs(120));
+    assert!(status.success(), "watcher exit {status:?}");
+
+    let ledger = read_ledger(&p.run_dir());
+    assert_eq!(ledger.len(), 3, "{ledger:#?}");
+    let by_name = |n: &str| ledger.iter().find(|e| e.path.ends_with(n)).unwrap_or_else(|| panic!("{n} not in {ledger:#?}"));
+    assert_eq!(by_name("cell_a.abf").status, "ok");
+    assert_eq!(by_name("cell_b.abf").status, "ok", "{:#?}", by_name("cell_b.abf"));
+    let bad = by_name("cell_b_truncated.abf");
+    assert_ne!(bad.status, "ok", "{bad:#?}");
+    assert!(bad.error.as_deref().is_some_and(|e| e.contains("cell_b_truncated.abf")), "the error names the file: {bad:#?}");
+
+    // Spikes per recording, read back from each recording's own checkpoint: pyABF/IPFX give 117
+    // spikes in 171116sh_0018 (the abf_spikes pipeline's number) and the rest of the 472 spikes of
+    // tests/fixtures/abf in 17o05028_ic_steps.
+    let spikes_in = |e: &neurostream::runtime::watch::LedgerEntry| -> usize {
+        let cp = Path::new(&e.checkpoints["spikes"]).to_path_buf();
+        let cp = if cp.is_absolute() { cp } else { p.path().join(cp) };
+        let cp = checkpoint::Checkpoint { manifest: checkpoint::read_manifest(&cp).unwrap(), dir: cp };
+        let mut n = 0;
+        for f in cp.part_files() {
+            for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap().build().unwrap() {
+                n += b.unwrap().num_rows();
+            }
+        }
+        n
+    };
+    assert_eq!(spikes_in(by_name("cell_a.abf")), 117);
+    assert_eq!(spikes_in(by_name("cell_a.abf")) + spikes_in(by_name("cell_b.abf")), 472);
+}
