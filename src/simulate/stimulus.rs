@@ -521,9 +521,9 @@ impl StimulusSpec {
         }
     }
 
-    /// Length of one sweep [s].
-    fn sweep_length_s(&self) -> f64 {
-        let (total, tail) = match self {
+    /// The sweep's `total_s` (or `sweep_s` of a step series) and `tail_s` fields.
+    fn total_and_tail(&self) -> (Option<f64>, f64) {
+        match self {
             StimulusSpec::LongSquare {
                 total_s, tail_s, ..
             }
@@ -548,7 +548,12 @@ impl StimulusSpec {
             StimulusSpec::StepSeries {
                 sweep_s, tail_s, ..
             } => (*sweep_s, *tail_s),
-        };
+        }
+    }
+
+    /// Length of one sweep [s].
+    fn sweep_length_s(&self) -> f64 {
+        let (total, tail) = self.total_and_tail();
         total.unwrap_or(self.stimulus_end_s() + tail)
     }
 
@@ -557,32 +562,7 @@ impl StimulusSpec {
         let mut finite: Vec<(&'static str, f64)> = Vec::new();
         let mut nonneg: Vec<(&'static str, f64)> = Vec::new();
         let mut positive: Vec<(&'static str, f64)> = Vec::new();
-        let (total, tail) = match self {
-            StimulusSpec::LongSquare {
-                total_s, tail_s, ..
-            }
-            | StimulusSpec::ShortSquare {
-                total_s, tail_s, ..
-            }
-            | StimulusSpec::Ramp {
-                total_s, tail_s, ..
-            }
-            | StimulusSpec::WhiteNoise {
-                total_s, tail_s, ..
-            }
-            | StimulusSpec::PinkNoise {
-                total_s, tail_s, ..
-            }
-            | StimulusSpec::OrnsteinUhlenbeck {
-                total_s, tail_s, ..
-            }
-            | StimulusSpec::AllenNoise {
-                total_s, tail_s, ..
-            } => (*total_s, *tail_s),
-            StimulusSpec::StepSeries {
-                sweep_s, tail_s, ..
-            } => (*sweep_s, *tail_s),
-        };
+        let (total, tail) = self.total_and_tail();
         nonneg.push(("tail_s", tail));
         if let Some(t) = total {
             positive.push(("total_s", t));
