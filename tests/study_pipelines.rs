@@ -196,6 +196,31 @@ fn allen_spikecounts_on_four_cells() {
     // The Long Square model and the study's own rows (amplitude only, five cell-grouped folds).
     let m = metrics(&run_dir, "counts_long_square");
     assert_eq!(m["rows_used"].as_u64(), Some(by_name("Long Square")));
+
+    // The f-I basis: every Long Square row's drive is its amplitude over the median amplitude of
+    // its cell's Noise 1 sweeps (as read from the JSON here), and the f-I model scores them all.
+    let fi = read_columns(&run_dir, "fi_basis", &["recording_id", "stimulus_name"], &["drive_over_noise", "stimulus_amplitude", "fi_20"]);
+    assert_eq!(fi.len() as u64, by_name("Long Square"));
+    for c in cells {
+        let p = repo().join("data/allen_glif_cells").join(c).join("ephys_sweeps.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let v = v.as_array().unwrap();
+        let id = v[0]["specimen_id"].as_u64().unwrap().to_string();
+        let mut noise: Vec<f64> = v.iter().filter(|s| s["stimulus_name"] == "Noise 1").map(|s| s["stimulus_absolute_amplitude"].as_f64().unwrap()).collect();
+        noise.sort_by(f64::total_cmp);
+        let n = noise.len();
+        assert!(n > 0, "{id} has Noise 1 sweeps");
+        let median = if n % 2 == 1 { noise[n / 2] } else { (noise[n / 2 - 1] + noise[n / 2]) / 2.0 };
+        for (s, f) in fi.iter().filter(|(s, _)| s[0] == id) {
+            assert_eq!(s[1], "Long Square");
+            let want = f[1].unwrap() / median;
+            assert!((f[0].unwrap() - want).abs() < 1e-12 * want.abs().max(1.0), "{id}: drive {:?} want {want}", f[0]);
+            assert!(f[2].unwrap() >= 0.0, "{id}: a rectified drive times a count is never negative");
+        }
+    }
+    let m = metrics(&run_dir, "counts_fi");
+    assert_eq!(m["rows_used"].as_u64(), Some(by_name("Long Square")));
+    assert_eq!(m["folds"], 4);
     let m = metrics(&run_dir, "study_counts");
     assert_eq!(m["rows_used"], 25_197);
     assert_eq!(m["folds"], 5);
@@ -204,6 +229,35 @@ fn allen_spikecounts_on_four_cells() {
         fold_of.entry(cell).or_default().insert(fold);
     }
     assert_eq!(fold_of.len(), 353);
+    assert!(fold_of.values().all(|f| f.len() == 1), "a cell in two folds");
+}
+
+/// The shipped pipeline on all 21 cells, cut to the stages the Long Square f-I model needs (the
+/// other models, 25,197 study rows among them, are slow in a debug build and tested above): its
+/// leave-one-cell-out R² on Long Square sweeps stays above a floor the measured 0.908 (README
+/// "Results") passes with margin, and no cell is both trained on and tested in one fold.
+#[test]
+fn allen_spikecounts_long_square_fi_model_on_all_cells() {
+    let text = std::fs::read_to_string(repo().join("pipelines/allen_spikecounts.toml")).unwrap();
+    let mut doc: toml::Table = text.parse().unwrap();
+    let stages = doc.get_mut("stages").unwrap().as_table_mut().unwrap();
+    for s in ["glif_baseline", "glif_baseline_csv", "counts", "study_rows", "study_counts", "counts_long_square"] {
+        assert!(stages.remove(s).is_some(), "the pipeline has no stage `{s}`; update this test");
+    }
+    assert_eq!(stages.keys().map(String::as_str).collect::<BTreeSet<_>>(), ["counts_fi", "excitability", "fi_basis", "glif", "long_square", "sweeps"].into());
+    let tmp = run_pipeline("allen_spikecounts.toml", &toml::to_string(&doc).unwrap());
+    let run_dir = tmp.path().join("pipelines/runs/allen_spikecounts");
+    let m = metrics(&run_dir, "counts_fi");
+    assert_eq!(m["rows_used"], 606, "every Long Square sweep of the 21 cells");
+    assert_eq!(m["rows_dropped_incomplete"], 0, "every cell has Noise 1 and Noise 2 sweeps");
+    assert_eq!(m["folds"], 21);
+    let r2 = m["targets"]["spike_count"]["by_stimulus_name"]["Long Square"]["values"]["r2"].as_f64().unwrap();
+    assert!(r2 >= 0.85, "Long Square R² out of cell {r2} (measured 0.908)");
+    let mut fold_of: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for (cell, _, fold, _) in read_preds(&run_dir, "counts_fi") {
+        fold_of.entry(cell).or_default().insert(fold);
+    }
+    assert_eq!(fold_of.len(), 21);
     assert!(fold_of.values().all(|f| f.len() == 1), "a cell in two folds");
 }
 

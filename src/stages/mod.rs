@@ -9,6 +9,7 @@
 pub mod allen;
 pub mod cell;
 pub mod csv_source;
+pub mod derive;
 pub mod dic;
 pub mod dic_data;
 pub mod features;
@@ -280,6 +281,7 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<generic::SinkCsv>(),
         entry::<generic::Select>(),
         entry::<generic::Filter>(),
+        entry::<derive::TransformDerive>(),
         entry::<simulate::SimulateGlif>(),
         entry::<simulate::SimulateStg>(),
         entry::<simulate_hh::SimulateHh>(),
