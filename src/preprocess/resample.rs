@@ -170,8 +170,10 @@ impl Resampler {
                 let i_hi = ((m - pre_pad) / up).min(n - 1);
                 let i_lo = if m > last_tap { (m - last_tap).div_ceil(up) } else { 0 };
                 let mut acc = 0.0;
-                for i in i_lo..=i_hi {
-                    acc += (x[i] - background) * self.taps[m - i * up - pre_pad];
+                if i_lo <= i_hi {
+                    for (i, xi) in x[i_lo..=i_hi].iter().enumerate() {
+                        acc += (xi - background) * self.taps[m - (i_lo + i) * up - pre_pad];
+                    }
                 }
                 acc + background
             })
