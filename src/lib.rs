@@ -5,7 +5,7 @@
 //!
 //! Layout: [`pipeline`] (files, validation, graph), [`runtime`] (actors, edges, checkpoints, runs),
 //! [`stages`] (the stage kinds), [`formats`] (file readers), numeric kernels by family
-//! ([`simulate`], [`features`], [`dic`]), and [`cli`].
+//! ([`simulate`], [`features`], [`preprocess`], [`dic`]), and [`cli`].
 
 pub mod cli;
 pub mod dic;
@@ -13,6 +13,7 @@ pub mod error;
 pub mod features;
 pub mod formats;
 pub mod pipeline;
+pub mod preprocess;
 pub mod runtime;
 pub mod simulate;
 pub mod stages;

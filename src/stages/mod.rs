@@ -18,6 +18,7 @@ pub mod generic;
 pub mod group_stats;
 pub mod ingest;
 pub mod preprocess;
+pub mod preprocess_signal;
 pub mod schema;
 pub mod simulate;
 pub mod simulate_hh;
@@ -307,6 +308,9 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<preprocess::IngestNatImg>(),
         entry::<preprocess::PreprocessSpontaneous>(),
         entry::<preprocess::PreprocessVoxelize>(),
+        entry::<preprocess_signal::PreprocessFilter>(),
+        entry::<preprocess_signal::PreprocessResample>(),
+        entry::<preprocess_signal::PreprocessWindow>(),
         entry::<train::TrainRegress>(),
         entry::<train::TrainClassify>(),
         entry::<train::TrainCluster>(),
