@@ -3,6 +3,8 @@
 //! matching, NMI, ARI) and models over linfa and smartcore, serializable so `predict` can refuse a
 //! model fitted on another schema.
 
+pub mod diagnostics;
 pub mod metrics;
 pub mod models;
+pub mod plots;
 pub mod validation;
