@@ -43,6 +43,15 @@ model = { model = "ridge", alpha = 1.0 }
 report_by = "session"
 learning_curve = [0.2, 0.6, 1.0]
 
+[stages.classify_loo]
+kind = "train.classify"
+inputs = ["table"]
+features = ["informative", "noise"]
+target = "cell_type"
+model = { model = "logistic", alpha = 1.0 }
+validation = { method = "leave_one_out" }
+plots = false
+
 [stages.quiet]
 kind = "train.regress"
 inputs = ["table"]
@@ -208,6 +217,13 @@ fn classify_and_regress_write_readable_figures_and_rank_the_informative_feature(
     found.sort_by(|a, b| b.1.total_cmp(&a.1));
     let from_json: Vec<(String, f64)> = imp.iter().map(|(f, m, _)| (f.clone(), *m)).collect();
     assert_eq!(found, from_json, "metrics.parquet holds the importance rows of metrics.json");
+
+    // Leave-one-out: one-row folds, and the importance still ranks (the shuffle spans all folds).
+    let dir = artifacts.join("classify_loo");
+    assert_eq!(files(&dir), ["metrics.json", "metrics.parquet", "model.json"].map(String::from).into());
+    let imp = importance(&metrics(&dir)["targets"]["cell_type"]["permutation_importance"]);
+    assert_eq!(imp[0].0, "informative", "{imp:?}");
+    assert!(imp[0].1 > 0.3 && imp[1].1.abs() < 0.05, "{imp:?}");
 
     // plots = false, importance_repeats = 0: the artifacts are as before.
     let dir = artifacts.join("quiet");

@@ -222,7 +222,7 @@ pub struct Train<K: TaskKind> {
     /// train.cluster draws none [bool].
     #[serde(default = "yes")]
     pub plots: bool,
-    /// Permutation importance: times each feature is shuffled among every fold's held-out rows
+    /// Permutation importance: times each feature is shuffled over the held-out rows of all folds
     /// (seeded) to measure the drop in the out-of-fold score; 0 = off. Costs features x repeats
     /// predictions per fold and no fit (slow only for models whose predictions are, k-NN and
     /// SVM on many rows) [repeats].
