@@ -13,7 +13,20 @@
 //!   clustering reports Hungarian-matched accuracy, NMI and ARI against `labels` when given;
 //! * `metrics.parquet` — the same numbers as rows (scope, fold, target, metric, value);
 //! * `model.json` (`model-<target>.json` for several regression targets) — the model refitted on
-//!   every row, which `predict.model` loads.
+//!   every row, which `predict.model` loads;
+//! * with `plots = true` (the default), PNG figures: `confusion.png` (train.classify),
+//!   `predicted_vs_true.png` (train.regress, coloured by `report_by`), `importance.png`
+//!   (permutation importance) and `learning_curve.png` (when `learning_curve` is given); with
+//!   several regression targets each name gets `-<target>` like the model files.
+//!
+//! Permutation importance (on by default, `importance_repeats`) and the learning curve (off by
+//! default: it refits every fold once per fraction) are computed by
+//! [`crate::train::diagnostics`] on the same folds as the metrics, and their numbers go into
+//! metrics.json and metrics.parquet as well as the figures.
+//!
+//! Figures are a view of the metrics, never a substitute: a figure that fails to draw is logged as
+//! a warning and listed under `plot_errors` in metrics.json, and the stage commits everything else.
+//! A missing figure is easy to redraw; losing an hour of cross-validation to a drawing bug is not.
 //!
 //! The models and metrics are the reference-tested kernels of [`crate::train`].
 
@@ -31,9 +44,9 @@ use serde::{Deserialize, Serialize};
 use super::schema::{column_list, field, is_numeric};
 use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
-use crate::train::metrics;
 use crate::train::models::{self, FitOptions, FittedModel, ModelSpec, ParamGrid, Prediction, Target, Task, TrainingData};
 use crate::train::validation::{self, Fold};
+use crate::train::{diagnostics, metrics, plots};
 
 // ================================================================================================
 // Options shared by the training kinds
@@ -200,10 +213,26 @@ pub struct Train<K: TaskKind> {
     /// counted in metrics.json) [bool].
     #[serde(default)]
     pub drop_incomplete_rows: bool,
-    /// Folder for metrics.json, metrics.parquet and the model file, relative to the pipeline file
-    /// (default: `<run dir>/artifacts/<stage>`) [path].
+    /// Folder for metrics.json, metrics.parquet, the model file and the figures, relative to the
+    /// pipeline file (default: `<run dir>/artifacts/<stage>`) [path].
     #[serde(default)]
     pub artifacts: Option<String>,
+    /// Draw PNG figures into the artifacts folder: confusion matrix (train.classify), predicted
+    /// vs true values (train.regress), permutation importance, learning curve (when requested).
+    /// train.cluster draws none [bool].
+    #[serde(default = "yes")]
+    pub plots: bool,
+    /// Permutation importance: times each feature is shuffled over the held-out rows of all folds
+    /// (seeded) to measure the drop in the out-of-fold score; 0 = off. Costs features x repeats
+    /// predictions per fold and no fit (slow only for models whose predictions are, k-NN and
+    /// SVM on many rows) [repeats].
+    #[serde(default = "five")]
+    pub importance_repeats: usize,
+    /// Learning curve: the fractions of each training fold to refit on, e.g.
+    /// `[0.2, 0.4, 0.6, 0.8, 1.0]`, each in (0, 1]. Off when absent, because it costs one fit
+    /// (and grid search) per fraction and fold [fractions].
+    #[serde(default)]
+    pub learning_curve: Option<Vec<f64>>,
     #[serde(skip)]
     #[schemars(skip)]
     _kind: PhantomData<K>,
@@ -258,7 +287,8 @@ fn is_feature_type(t: &DataType) -> bool {
 impl<K: TaskKind> StageConfig for Train<K> {
     const KIND: &'static str = K::KIND;
     const SUMMARY: &'static str = K::SUMMARY;
-    const CODE_VERSION: u32 = 1;
+    // 2: the artifacts gained figures, permutation importance and the learning curve.
+    const CODE_VERSION: u32 = 2;
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
@@ -266,6 +296,20 @@ impl<K: TaskKind> StageConfig for Train<K> {
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
+        if let Some(fractions) = &self.learning_curve {
+            if K::TASK == Task::Clustering {
+                issues.push(Issue::at(&["learning_curve"], "train.cluster is not validated out of sample; it has no learning curve"));
+            } else if fractions.is_empty() {
+                issues.push(Issue::at(&["learning_curve"], "give at least one fraction, e.g. [0.2, 0.4, 0.6, 0.8, 1.0]"));
+            }
+            for (i, &f) in fractions.iter().enumerate() {
+                if !(f > 0.0 && f <= 1.0) {
+                    issues.push(Issue::at_index("learning_curve", i, format!("{f}: a fraction of the training rows must be in (0, 1]")));
+                } else if fractions[..i].contains(&f) {
+                    issues.push(Issue::at_index("learning_curve", i, format!("{f} is listed twice")));
+                }
+            }
+        }
         if self.features.is_empty() {
             issues.push(Issue::at(&["features"], "give at least one feature column"));
         }
@@ -590,7 +634,19 @@ impl<K: TaskKind> TrainOperator<K> {
         Error::msg(format!("stage `{}`: {msg}", self.name))
     }
 
-    fn run(&mut self) -> Result<(RecordBatch, serde_json::Value, Vec<(String, String)>)> {
+    /// Keeps a rendered figure, or logs and records why it could not be drawn (see the module
+    /// documentation: figures never fail the stage).
+    fn keep_figure(&self, file: String, drawn: std::result::Result<Vec<u8>, plots::PlotError>, files: &mut Vec<(String, Vec<u8>)>, errors: &mut Vec<serde_json::Value>) {
+        match drawn {
+            Ok(png) => files.push((file, png)),
+            Err(e) => {
+                tracing::warn!("stage `{}`: figure {file} not drawn: {e}", self.name);
+                errors.push(serde_json::json!({ "file": file, "error": e.to_string() }));
+            }
+        }
+    }
+
+    fn run(&mut self) -> Result<(RecordBatch, serde_json::Value, Vec<(String, Vec<u8>)>)> {
         let batches = std::mem::take(&mut self.batches);
         let unit_col = self.keep.first().map(String::as_str);
         let g = gather(&batches, &self.cfg.features, unit_col).map_err(|e| self.fail(e))?;
@@ -675,7 +731,8 @@ impl<K: TaskKind> TrainOperator<K> {
         report.insert("rows_dropped_incomplete".into(), bad.len().into());
         report.insert("features".into(), serde_json::to_value(&g.feature_names)?);
         let mut metric_rows: Vec<(String, i64, String, String, f64)> = Vec::new();
-        let mut models_out: Vec<(String, String)> = Vec::new();
+        let mut models_out: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut plot_errors: Vec<serde_json::Value> = Vec::new();
         let mut columns = keep_cols;
         let fit_best = |data: &TrainingData| -> std::result::Result<(FittedModel, Option<ModelSpec>), String> {
             if candidates.len() == 1 {
@@ -740,6 +797,7 @@ impl<K: TaskKind> TrainOperator<K> {
                     let mut pred_c = vec![usize::MAX; n];
                     let mut fold_scores = Vec::new();
                     let mut chosen = Vec::new();
+                    let mut fold_models = Vec::with_capacity(folds.len());
                     for (k, fold) in folds.iter().enumerate() {
                         let train = data.select(&fold.train);
                         let test = data.select(&fold.test);
@@ -770,6 +828,7 @@ impl<K: TaskKind> TrainOperator<K> {
                             metric_rows.push(("fold".into(), k as i64, tname.clone(), m.clone(), *v));
                         }
                         fold_scores.push(s);
+                        fold_models.push(model);
                     }
                     // Pooled out-of-fold metrics and the per-group breakdown.
                     let pooled_for = |sel: &[usize]| -> Scores {
@@ -819,6 +878,107 @@ impl<K: TaskKind> TrainOperator<K> {
                     if let Some(rb) = &self.cfg.report_by {
                         t.insert(format!("by_{rb}"), serde_json::Value::Object(by));
                     }
+                    // Diagnostics on the same folds, and the figures.
+                    let suffix = if targets.len() > 1 { format!("-{tname}") } else { String::new() };
+                    let balanced = self.cfg.balance_classes;
+                    let score_label = match diagnostics::score_name(&tdata, balanced) {
+                        "r2" => "R²",
+                        "balanced_accuracy" => "balanced accuracy",
+                        _ => "accuracy",
+                    };
+                    let importance = if self.cfg.importance_repeats > 0 {
+                        let imp = diagnostics::permutation_importance(&fold_models, &folds, &data, self.cfg.importance_repeats, self.seed, balanced)
+                            .map_err(|e| self.fail(format!("target `{tname}`, permutation importance: {e}")))?;
+                        for f in &imp.features {
+                            metric_rows.push(("permutation_importance".into(), -1, tname.clone(), f.feature.clone(), f.mean));
+                        }
+                        let mut ranked = imp.features.clone();
+                        ranked.sort_by(|a, b| b.mean.total_cmp(&a.mean));
+                        t.insert(
+                            "permutation_importance".into(),
+                            serde_json::json!({ "score": imp.score, "baseline": imp.baseline, "repeats": imp.repeats, "features": ranked }),
+                        );
+                        Some(imp)
+                    } else {
+                        None
+                    };
+                    let curve = match &self.cfg.learning_curve {
+                        Some(fractions) => {
+                            let fit = |d: &TrainingData| fit_best(d).map(|(m, _)| m);
+                            match diagnostics::learning_curve(fit, &folds, &data, fractions, self.seed, balanced) {
+                                Ok(points) => {
+                                    for pt in &points {
+                                        let scope = format!("learning_curve={}", pt.fraction);
+                                        for (m, v) in [("train_rows_mean", pt.train_rows_mean), ("train_score", pt.train_score), ("validation_score", pt.validation_score)] {
+                                            metric_rows.push((scope.clone(), -1, tname.clone(), m.into(), v));
+                                        }
+                                    }
+                                    t.insert("learning_curve".into(), serde_json::json!({ "score": diagnostics::score_name(&tdata, balanced), "points": points }));
+                                    Some(points)
+                                }
+                                Err(e) => {
+                                    // A fit on a small share of the rows can fail where the full fit
+                                    // does not (k-NN with more neighbours than rows): say so, keep the rest.
+                                    tracing::warn!("stage `{}`: target `{tname}`, learning curve: {e}", self.name);
+                                    t.insert("learning_curve".into(), serde_json::json!({ "error": e }));
+                                    None
+                                }
+                            }
+                        }
+                        None => None,
+                    };
+                    if self.cfg.plots {
+                        let stage = &self.name;
+                        match &tdata {
+                            Target::Values(y) => {
+                                let truth: Vec<f64> = tested.iter().map(|&i| y[i]).collect();
+                                let pred: Vec<f64> = tested.iter().map(|&i| pred_v[i]).collect();
+                                let colour: Option<Vec<String>> = report_by.as_ref().map(|rb| tested.iter().map(|&i| rb[i].clone()).collect());
+                                let colour = colour.as_deref().zip(self.cfg.report_by.as_deref()).map(|(g, c)| (c, g));
+                                let r2 = pooled.values.get("r2").map_or("n/a".to_string(), |v| format!("{v:.3}"));
+                                let unit = self.schema.field_with_name(&tname).ok().and_then(|f| super::schema::unit_of(f).map(str::to_string));
+                                let axis = match unit {
+                                    Some(u) => format!("{tname} ({u})"),
+                                    None => tname.clone(),
+                                };
+                                let title = format!("{stage}: {tname}, out-of-fold R² = {r2}");
+                                let drawn = plots::predicted_vs_true(&title, &axis, &truth, &pred, colour);
+                                self.keep_figure(format!("predicted_vs_true{suffix}.png"), drawn, &mut models_out, &mut plot_errors);
+                            }
+                            Target::Classes { classes, .. } => {
+                                let v = |m: &str| pooled.values.get(m).map_or("n/a".to_string(), |v| format!("{v:.3}"));
+                                let title = format!(
+                                    "{stage}: {tname}, out of fold: accuracy {}, balanced {} (majority {})",
+                                    v("accuracy"),
+                                    v("balanced_accuracy"),
+                                    v("majority_baseline_accuracy")
+                                );
+                                let drawn = match &pooled.confusion {
+                                    Some(cm) => plots::confusion_matrix(&title, classes, cm),
+                                    None => Err(plots::PlotError::NoData("no confusion matrix was computed".into())),
+                                };
+                                self.keep_figure(format!("confusion{suffix}.png"), drawn, &mut models_out, &mut plot_errors);
+                            }
+                            Target::None => {}
+                        }
+                        if let Some(imp) = &importance {
+                            let names: Vec<String> = imp.features.iter().map(|f| f.feature.clone()).collect();
+                            let mean: Vec<f64> = imp.features.iter().map(|f| f.mean).collect();
+                            let std: Vec<f64> = imp.features.iter().map(|f| f.std).collect();
+                            let title = format!("{stage}: permutation importance for {tname} ({} repeats)", imp.repeats);
+                            let label = format!("drop in out-of-fold {score_label} when the feature is shuffled");
+                            let drawn = plots::importance(&title, &label, &names, &mean, &std);
+                            self.keep_figure(format!("importance{suffix}.png"), drawn, &mut models_out, &mut plot_errors);
+                        }
+                        if let Some(points) = &curve {
+                            let rows: Vec<f64> = points.iter().map(|p| p.train_rows_mean).collect();
+                            let train: Vec<f64> = points.iter().map(|p| p.train_score).collect();
+                            let validation: Vec<f64> = points.iter().map(|p| p.validation_score).collect();
+                            let title = format!("{stage}: learning curve for {tname}");
+                            let drawn = plots::learning_curve(&title, score_label, &rows, &train, &validation);
+                            self.keep_figure(format!("learning_curve{suffix}.png"), drawn, &mut models_out, &mut plot_errors);
+                        }
+                    }
                     per_target.insert(tname.clone(), serde_json::Value::Object(t));
                     // Output columns.
                     match &tdata {
@@ -841,7 +1001,7 @@ impl<K: TaskKind> TrainOperator<K> {
                             .map(|o| o.insert("grid_choice_final".into(), serde_json::to_value(b).unwrap_or_default()));
                     }
                     let file = if targets.len() > 1 { format!("model-{tname}.json") } else { "model.json".to_string() };
-                    models_out.push((file, final_model.to_json().map_err(|e| self.fail(e))?));
+                    models_out.push((file, final_model.to_json().map_err(|e| self.fail(e))?.into_bytes()));
                 }
                 report.insert("targets".into(), serde_json::Value::Object(per_target));
             }
@@ -880,8 +1040,13 @@ impl<K: TaskKind> TrainOperator<K> {
                 }
                 report.insert("pooled".into(), serde_json::to_value(&scores)?);
                 columns.push(Arc::new(Int64Array::from_iter(cl.iter().map(|c| c.map(|k| k as i64)))));
-                models_out.push(("model.json".into(), model.to_json().map_err(|e| self.fail(e))?));
+                models_out.push(("model.json".into(), model.to_json().map_err(|e| self.fail(e))?.into_bytes()));
             }
+        }
+        let figures: Vec<&String> = models_out.iter().map(|(f, _)| f).filter(|f| f.ends_with(".png")).collect();
+        report.insert("plots".into(), serde_json::to_value(figures)?);
+        if !plot_errors.is_empty() {
+            report.insert("plot_errors".into(), serde_json::Value::Array(plot_errors));
         }
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         // metrics.parquet rows travel as JSON here and are written with the other files.
@@ -893,9 +1058,10 @@ impl<K: TaskKind> TrainOperator<K> {
     }
 }
 
-/// Writes the artifacts folder atomically: every file into `<dir>.tmp-<pid>`, fsynced, then the
-/// folder renamed into place (an older one is moved aside first and removed after).
-fn commit_artifacts(dir: &Path, mut report: serde_json::Value, models_out: &[(String, String)]) -> Result<()> {
+/// Writes the artifacts folder atomically: every file (metrics, models, figures) into
+/// `<dir>.tmp-<pid>`, fsynced, then the folder renamed into place (an older one is moved aside
+/// first and removed after). A reader sees the old folder or the new one, never a mix.
+fn commit_artifacts(dir: &Path, mut report: serde_json::Value, files: &[(String, Vec<u8>)]) -> Result<()> {
     use std::io::Write;
     let rows = report.as_object_mut().and_then(|o| o.remove("_metric_rows")).unwrap_or_default();
     let parent = dir.parent().ok_or_else(|| Error::msg(format!("{}: no parent folder", dir.display())))?;
@@ -912,8 +1078,8 @@ fn commit_artifacts(dir: &Path, mut report: serde_json::Value, models_out: &[(St
         f.sync_all().map_err(|e| Error::io(&p, e))
     };
     write("metrics.json", serde_json::to_string_pretty(&report)?.as_bytes())?;
-    for (name, text) in models_out {
-        write(name, text.as_bytes())?;
+    for (name, bytes) in files {
+        write(name, bytes)?;
     }
     // metrics.parquet: scope, fold (-1 = pooled), target, metric, value.
     let rows: Vec<(String, i64, String, String, f64)> = serde_json::from_value(rows).unwrap_or_default();
