@@ -327,8 +327,9 @@ path = "out/targets.csv"
 /// then a 3 x 3 grid 1 apart around the first choice). The refined target must lie on the
 /// estimate's grid: a multiple of 1 from it, at most 2 + 1 away per axis, and — because the
 /// first round moves in steps of 2 — not reachable by the first round alone when it is odd.
-/// The full five-train R <= 1 check (50 candidates x 8 cells each) takes about a minute in a
-/// release build, too long for this debug test; its numbers are in the README.
+/// No test asserts R <= 1 on the five trains with the committed pipeline: it holds at the
+/// pipeline's seed but not across seeds (README, "Study 4: the ratio R and the refinement"), so
+/// such a test would pin a seed's luck rather than a property.
 #[test]
 fn refinement_rounds_refine_on_a_halved_grid() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/dic_models");
@@ -381,6 +382,9 @@ path = "out/targets.csv"
     };
     let raw = target("");
     let refined = target(r#"refine = { step_g_s = 2.0, step_g_u = 2.0, radius = 1, cells = 3, duration_ms = 3600.0, rounds = 2 }"#);
+    eprintln!("raw estimate {raw:?}, refined {refined:?}");
+    // Deterministic (seeded) for this train: the refinement moves the estimate.
+    assert_ne!(raw, refined, "the refinement kept the raw estimate");
     for (r, e) in [(refined.0, raw.0), (refined.1, raw.1)] {
         let off = r - e;
         assert!((off - off.round()).abs() < 1e-9, "offset {off} is not on the 1-step grid (raw {raw:?}, refined {refined:?})");
