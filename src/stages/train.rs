@@ -276,7 +276,7 @@ impl<K: TaskKind> StageConfig for Train<K> {
             }
         }
         let task = self.model.task();
-        if task != K::TASK {
+        if !self.model.serves(K::TASK) {
             issues.push(Issue::at(&["model"], format!("`{}` is a {:?} model; {} needs a {:?} model", self.model.name(), task, K::KIND, K::TASK)));
         }
         if let Err(e) = self.model.validate(usize::MAX) {
@@ -1043,7 +1043,7 @@ impl StageConfig for PredictModel {
         if input.field_with_name(&self.column).is_ok() {
             return Err(vec![Issue::at(&["column"], format!("the input already has a column `{}`", self.column))]);
         }
-        let dt = match model.spec.task() {
+        let dt = match model.task() {
             Task::Regression => DataType::Float64,
             Task::Classification => DataType::Utf8,
             _ => DataType::Int64,

@@ -1,8 +1,9 @@
 //! Model training kernels: validation splitters (k-fold, stratified, grouped, leave-one-out, split
 //! by a column), metrics (regression, classification with baselines, clustering with Hungarian
-//! matching, NMI, ARI) and models over linfa and smartcore, serializable so `predict` can refuse a
+//! matching, NMI, ARI) and models over linfa and smartcore (neural networks over burn), serializable so `predict` can refuse a
 //! model fitted on another schema.
 
 pub mod metrics;
 pub mod models;
+pub mod nn;
 pub mod validation;
