@@ -275,9 +275,14 @@ impl<K: TaskKind> StageConfig for Train<K> {
                 issues.push(Issue::at_index("features", i, format!("`{f}` is listed twice")));
             }
         }
-        let task = self.model.task();
+        // Neural networks serve both supervised tasks: name both rather than their nominal one.
+        let task = if self.model.serves(Task::Regression) && self.model.serves(Task::Classification) {
+            "Regression or Classification".to_string()
+        } else {
+            format!("{:?}", self.model.task())
+        };
         if !self.model.serves(K::TASK) {
-            issues.push(Issue::at(&["model"], format!("`{}` is a {:?} model; {} needs a {:?} model", self.model.name(), task, K::KIND, K::TASK)));
+            issues.push(Issue::at(&["model"], format!("`{}` is a {task} model; {} needs a {:?} model", self.model.name(), K::KIND, K::TASK)));
         }
         if let Err(e) = self.model.validate(usize::MAX) {
             issues.push(Issue::at(&["model"], e.to_string()));

@@ -153,6 +153,7 @@ pub struct Cnn1dSpec {
 
 /// The training hyperparameters both architectures share.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "dl-burn"), allow(dead_code))] // `loss` is read by the burn engine only
 pub(crate) struct Training {
     pub dropout: f64,
     pub learning_rate: f64,
