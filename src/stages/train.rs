@@ -319,9 +319,14 @@ impl<K: TaskKind> StageConfig for Train<K> {
                 issues.push(Issue::at_index("features", i, format!("`{f}` is listed twice")));
             }
         }
-        let task = self.model.task();
-        if task != K::TASK {
-            issues.push(Issue::at(&["model"], format!("`{}` is a {:?} model; {} needs a {:?} model", self.model.name(), task, K::KIND, K::TASK)));
+        // Neural networks serve both supervised tasks: name both rather than their nominal one.
+        let task = if self.model.serves(Task::Regression) && self.model.serves(Task::Classification) {
+            "Regression or Classification".to_string()
+        } else {
+            format!("{:?}", self.model.task())
+        };
+        if !self.model.serves(K::TASK) {
+            issues.push(Issue::at(&["model"], format!("`{}` is a {task} model; {} needs a {:?} model", self.model.name(), K::KIND, K::TASK)));
         }
         if let Err(e) = self.model.validate(usize::MAX) {
             issues.push(Issue::at(&["model"], e.to_string()));
@@ -1209,7 +1214,7 @@ impl StageConfig for PredictModel {
         if input.field_with_name(&self.column).is_ok() {
             return Err(vec![Issue::at(&["column"], format!("the input already has a column `{}`", self.column))]);
         }
-        let dt = match model.spec.task() {
+        let dt = match model.task() {
             Task::Regression => DataType::Float64,
             Task::Classification => DataType::Utf8,
             _ => DataType::Int64,
