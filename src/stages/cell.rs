@@ -473,9 +473,14 @@ fn analyse_cell(data: &CellData, grouping: &Grouping, p: &CellFeatureParams) -> 
     let window = data.window(grouping.window)?;
     let sweeps: Vec<CellSweep<'_>> =
         (0..data.traces.len()).map(|k| CellSweep { sweep_number: data.sweep_numbers[k], trace: data.trace(k) }).collect();
+    // Collect every sweep's result first and report the failure of the lowest sweep: rayon's
+    // `collect::<Result<..>>` returns whichever error a thread met first, so the message named a
+    // different sweep from run to run.
     let analyzed = sweeps
         .par_iter()
         .map_init(SpikeWorkspace::new, |ws, s| analyze_sweep(ws, s, window, p))
+        .collect::<Vec<_>>()
+        .into_iter()
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let f = summarize_cell(&sweeps, &analyzed, window, p).map_err(|e| e.to_string())?;
