@@ -71,6 +71,16 @@ fn is_numeric_list(t: &DataType) -> bool {
     }
 }
 
+/// The `columns` option of resample and window: `chosen` (the listed columns, or the trace
+/// columns found when none are listed) must not be empty, and each listed one must be a numeric
+/// list column.
+fn check_trace_columns(input: &Schema, chosen: &[String], listed: &[String], issues: &mut Vec<Issue>) {
+    if chosen.is_empty() {
+        issues.push(Issue::at(&["columns"], format!("the input has no trace column (numeric list not in s); it has: {}", column_list(input))));
+    }
+    check_list_columns(input, "columns", listed, issues);
+}
+
 /// Checks `columns` name numeric list columns of `input`; issues at `key[i]`.
 fn check_list_columns(input: &Schema, key: &str, columns: &[String], issues: &mut Vec<Issue>) {
     let mut seen = BTreeSet::new();
@@ -520,10 +530,7 @@ impl StageConfig for PreprocessResample {
         let input = &inputs[0];
         let mut issues = Vec::new();
         let columns = self.columns_of(input);
-        if columns.is_empty() {
-            issues.push(Issue::at(&["columns"], format!("the input has no trace column (numeric list not in s); it has: {}", column_list(input))));
-        }
-        check_list_columns(input, "columns", &self.columns, &mut issues);
+        check_trace_columns(input, &columns, &self.columns, &mut issues);
         if !self.columns.is_empty() {
             for c in trace_columns(input).iter().filter(|c| !self.columns.contains(*c)) {
                 issues.push(Issue::at(
@@ -707,10 +714,7 @@ impl StageConfig for PreprocessWindow {
         let input = &inputs[0];
         let mut issues = Vec::new();
         let columns = self.columns_of(input);
-        if columns.is_empty() {
-            issues.push(Issue::at(&["columns"], format!("the input has no trace column (numeric list not in s); it has: {}", column_list(input))));
-        }
-        check_list_columns(input, "columns", &self.columns, &mut issues);
+        check_trace_columns(input, &columns, &self.columns, &mut issues);
         check_rate_column(input, &self.sampling_rate_column, &mut issues);
         if let Some(e) = &self.events_column {
             match input.field_with_name(e) {
