@@ -474,3 +474,89 @@ fn shared_stimulus_protocols_are_rendered_at_each_dt() {
         assert!((spikes[row][0] - want).abs() < 1e-6 * dt, "dt {dt}: {} vs {want}", spikes[row][0]);
     }
 }
+
+/// A 3 x 3 grid of R_input and C around the Allen GLIF1 model 485513169, simulated on the
+/// synthesised Allen Noise 1 at 1.5x rheobase (so most configs spike), then `features.membrane`.
+fn membrane_pipeline(fill: &str, membrane: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"mem\"\n[stages.sim]\nkind = \"simulate.glif\"\nneuron_config = \"{}\"\n\
+         rheobase_pa = 231.75\nrecord_stimulus = true\nspike_cut_fill = \"{fill}\"\n\
+         stimuli = [{{ kind = \"allen_noise1\", gap_s = 0.0, epoch_s = 2.0, epochs_rheobase = [1.5] }}]\n\
+         sweep = {{ method = \"grid\", params = [{{ name = \"R_input\", values = [5.834e7, 1.834e8, 5.834e8] }}, {{ name = \"C\", values = [5e-11, 1e-10, 5e-10] }}] }}\n\
+         [stages.fit]\nkind = \"features.membrane\"\ninputs = [\"sim\"]\n{membrane}\n\
+         [stages.out]\nkind = \"sink.parquet\"\ninputs = [\"fit\"]\npath = \"mem.parquet\"\n",
+        fixture("glif/allen_configs/glif_483101699_neuron_config.json").display()
+    )
+}
+
+/// Relative errors of the fitted R and C against each row's swept R_input and C, and the
+/// absolute error of El against the config's El_reference (El = 0 relative), in mV.
+fn membrane_errors(dir: &Path) -> Vec<(f64, f64, f64, i64)> {
+    let (schema, b) = read_parquet(&dir.join("mem.parquet"));
+    assert_eq!(unit(&schema, "membrane_r_mohm").as_deref(), Some("MΩ"));
+    assert_eq!(unit(&schema, "membrane_c_pf").as_deref(), Some("pF"));
+    assert!(schema.field_with_name("response").is_err(), "list columns are dropped by default");
+    let (r, c, el_ref) = (f64_col(&b, "R_input"), f64_col(&b, "C"), f64_col(&b, "el_reference_mv"));
+    let opt = |name: &str| -> Vec<Option<f64>> { b.column_by_name(name).unwrap().as_primitive::<Float64Type>().iter().collect() };
+    let (fr, fc, fe) = (opt("membrane_r_mohm"), opt("membrane_c_pf"), opt("membrane_el_mv"));
+    let spikes = i64_opt_col(&b, "spike_count");
+    (0..b.num_rows())
+        .map(|k| {
+            let (fr, fc, fe) = (fr[k].expect("fitted R"), fc[k].expect("fitted C"), fe[k].expect("fitted El"));
+            ((fr * 1e6 / r[k] - 1.0).abs(), (fc * 1e-12 / c[k] - 1.0).abs(), (fe - el_ref[k]).abs(), spikes[k].unwrap())
+        })
+        .collect()
+}
+
+/// AllenSDK's spike cuts are NaN: every finite pair of samples is one exact Euler step of the
+/// model, so the Allen GLIF fitting method (dV/dt regressed on V and I) reads back each config's
+/// R_input and C, whatever the spiking, to the float32 storage of mV and pA.
+#[test]
+fn membrane_fit_reads_back_r_and_c_of_simulated_glif_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.toml"), membrane_pipeline("nan", "scheme = \"allensdk\"")).unwrap();
+    run_ok(dir.path(), "p.toml");
+    let errors = membrane_errors(dir.path());
+    assert_eq!(errors.len(), 9);
+    assert!(errors.iter().filter(|e| e.3 > 0).count() >= 3, "the grid must include spiking configs: {errors:?}");
+    for (k, (er, ec, ee, _)) in errors.iter().enumerate() {
+        assert!(*er < 1e-3 && *ec < 1e-3 && *ee < 0.05, "row {k}: R {er:e}, C {ec:e}, El {ee} mV");
+    }
+}
+
+/// With AllenSDK's constant 0.05 V fill in the spike cuts the flat cut samples poison the fit
+/// unless the spikes are excluded: `spike_times` with a window covering the 55-sample cut
+/// (2.75 ms at dt 5e-5 s) restores it.
+#[test]
+fn membrane_fit_needs_the_spike_windows_when_cuts_are_filled() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.toml"), membrane_pipeline("allen", "scheme = \"allensdk\"")).unwrap();
+    run_ok(dir.path(), "p.toml");
+    let poisoned = membrane_errors(dir.path());
+    assert!(poisoned.iter().any(|e| e.3 > 0 && e.1 > 0.05), "the fill must spoil a spiking row: {poisoned:?}");
+    let windows = "scheme = \"allensdk\"\nspike_times = \"model_spike_times\"\nexclude_before_s = 0.0001\nexclude_after_s = 0.003";
+    std::fs::write(dir.path().join("p.toml"), membrane_pipeline("allen", windows)).unwrap();
+    run_ok(dir.path(), "p.toml");
+    for (k, (er, ec, ee, _)) in membrane_errors(dir.path()).iter().enumerate() {
+        assert!(*er < 1e-3 && *ec < 1e-3 && *ee < 0.05, "row {k}: R {er:e}, C {ec:e}, El {ee} mV");
+    }
+}
+
+/// Bad settings are all reported at once, each with its line in the pipeline file.
+#[test]
+fn membrane_fit_settings_are_checked_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "min_pairs = 2\nexclude_after_s = -1.0\nstimulus = \"response\"";
+    std::fs::write(dir.path().join("p.toml"), membrane_pipeline("nan", bad)).unwrap();
+    let (code, text) = neurostream(dir.path(), "run", "p.toml");
+    assert_ne!(code, 0);
+    assert!(text.contains("three unknowns need at least 3 pairs"), "{text}");
+    assert!(text.contains("must be a duration >= 0 s, got -1"), "{text}");
+    assert!(text.contains("p.toml:14:13:") && text.contains("p.toml:15:19:"), "positions are reported: {text}");
+    assert!(!dir.path().join("mem.parquet").exists());
+    // A current column in the wrong unit is refused by name before anything runs.
+    std::fs::write(dir.path().join("p.toml"), membrane_pipeline("nan", "stimulus = \"response\"")).unwrap();
+    let (code, text) = neurostream(dir.path(), "run", "p.toml");
+    assert_ne!(code, 0);
+    assert!(text.contains("column `response` of input `input` is in mV, but pA is needed"), "{text}");
+}

@@ -4,5 +4,6 @@
 pub mod spike_train;
 pub mod spikes;
 pub mod cell;
+pub mod membrane;
 pub mod subthreshold;
 pub mod units;

@@ -1482,7 +1482,7 @@ pub fn sweep_spike_counts(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Reference tests against AllenSDK 2.16.2 outputs (tests/fixtures/glif/README.md lists the
     //! origin of every fixture).
     use super::*;
@@ -1527,7 +1527,7 @@ mod tests {
 
     /// Decodes a `.npy.d2z.zst` fixture (see encode_npy_d2z.py): zstd, npy header, byte planes,
     /// zigzag, two wrapping prefix sums per column. Returns the shape and the C-ordered values.
-    fn read_d2z(name: &str) -> (Vec<usize>, Vec<f64>) {
+    pub(crate) fn read_d2z(name: &str) -> (Vec<usize>, Vec<f64>) {
         let raw = zstd::decode_all(std::fs::File::open(fixture(name)).unwrap()).unwrap();
         let (descr, shape, offset) = npy_header(&raw);
         assert_eq!(descr, "<f8");

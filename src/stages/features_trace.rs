@@ -85,11 +85,11 @@ const SPIKE_STATS: [(&str, Option<&str>); 8] = [
     ("adapt", Some("1")),
 ];
 
-fn is_list(t: &DataType) -> bool {
+pub(super) fn is_list(t: &DataType) -> bool {
     matches!(t, DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _))
 }
 
-fn numeric_list(t: &DataType) -> bool {
+pub(super) fn numeric_list(t: &DataType) -> bool {
     match t {
         DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => is_numeric(f.data_type()),
         _ => false,
@@ -302,13 +302,13 @@ fn trace_stats(x: &[f64], rate_hz: Option<f64>, lags_s: &[f64]) -> TraceStats {
     TraceStats { samples: n as i64, level, acf }
 }
 
-fn as_f64_list(batch: &RecordBatch, col: &str) -> Result<LargeListArray> {
+pub(super) fn as_f64_list(batch: &RecordBatch, col: &str) -> Result<LargeListArray> {
     let c = batch.column_by_name(col).ok_or_else(|| Error::msg(format!("the batch has no column `{col}`")))?;
     let c = arrow::compute::cast(c, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
     Ok(c.as_list::<i64>().clone())
 }
 
-fn row_values(list: &LargeListArray, row: usize) -> Option<Vec<f64>> {
+pub(super) fn row_values(list: &LargeListArray, row: usize) -> Option<Vec<f64>> {
     if list.is_null(row) {
         return None;
     }
@@ -317,7 +317,7 @@ fn row_values(list: &LargeListArray, row: usize) -> Option<Vec<f64>> {
     Some((0..v.len()).map(|i| if v.is_null(i) { f64::NAN } else { v.value(i) }).collect())
 }
 
-fn unit_label(batch: &RecordBatch, row: usize) -> String {
+pub(super) fn unit_label(batch: &RecordBatch, row: usize) -> String {
     let get = |c: &str| batch.column_by_name(c).and_then(|a| arrow::compute::cast(a, &DataType::Utf8).ok());
     let id = get("recording_id").map(|a| a.as_string::<i32>().value(row).to_string());
     let sweep = get("sweep").map(|a| a.as_string::<i32>().value(row).to_string());

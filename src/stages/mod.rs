@@ -13,6 +13,7 @@ pub mod derive;
 pub mod dic;
 pub mod dic_data;
 pub mod features;
+pub mod features_membrane;
 pub mod features_trace;
 pub mod generic;
 pub mod group_stats;
@@ -297,6 +298,7 @@ pub fn registry() -> Vec<KindEntry> {
         entry::<cell::FeaturesCell>(),
         entry::<cell::FeaturesSubthreshold>(),
         entry::<features_trace::FeaturesTrace>(),
+        entry::<features_membrane::FeaturesMembrane>(),
         entry::<group_stats::FeaturesGroupStats>(),
         entry::<dic::IngestSpikeTimes>(),
         entry::<dic::DicEstimate>(),
