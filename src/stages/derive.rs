@@ -7,7 +7,8 @@
 //! stage writes such columns with a small expression language instead of one stage per formula.
 //!
 //! Language: numbers, column names, `+ - * /`, unary minus, parentheses, and the functions
-//! `max(a, b)`, `min(a, b)`, `abs(a)`, `sqrt(a)`, `ln(a)`, `exp(a)`. Operands are read as f64;
+//! `max(a, b)`, `min(a, b)`, `abs(a)`, `sqrt(a)`, `ln(a)`, `exp(a)`, and `coalesce(a, b)` (a where
+//! it is present and finite, else b: a sentinel for a feature undefined on some rows). Operands are read as f64;
 //! a null operand makes the result null, and so does a result that is not finite (x/0, ln of a
 //! non-positive number): a missing feature, which `train.*` then drops or refuses by its own
 //! `drop_incomplete_rows` rule, never a silent infinity. A column may use the columns derived
@@ -65,7 +66,7 @@ impl TransformDerive {
 
 impl StageConfig for TransformDerive {
     const KIND: &'static str = "transform.derive";
-    const SUMMARY: &'static str = "Add float64 columns computed row by row from arithmetic (+ - * /, max, min, abs, sqrt, ln, exp) on numeric columns";
+    const SUMMARY: &'static str = "Add float64 columns computed row by row from arithmetic (+ - * /, max, min, abs, sqrt, ln, exp, coalesce) on numeric columns";
     const CODE_VERSION: u32 = 1;
 
     fn arity() -> Arity {
@@ -168,6 +169,10 @@ pub enum Func {
     Sqrt,
     Ln,
     Exp,
+    /// `coalesce(a, b)`: a where it is present and finite, else b (SQL's COALESCE). How a
+    /// feature that is undefined for some rows (a fit without subthreshold samples) becomes a
+    /// sentinel a tree model can split on, next to an indicator column that says why.
+    Coalesce,
 }
 
 impl Func {
@@ -179,6 +184,7 @@ impl Func {
             "sqrt" => (Func::Sqrt, 1),
             "ln" => (Func::Ln, 1),
             "exp" => (Func::Exp, 1),
+            "coalesce" => (Func::Coalesce, 2),
             _ => return None,
         })
     }
@@ -229,6 +235,9 @@ impl Expr {
                 let vals = args.iter().map(|a| a.evaluate(batch)).collect::<Result<Vec<_>>>()?;
                 (0..n)
                     .map(|r| {
+                        if *f == Func::Coalesce {
+                            return vals[0][r].filter(|x| x.is_finite()).or(vals[1][r]);
+                        }
                         let x = vals[0][r]?;
                         Some(match f {
                             Func::Max => x.max(vals[1][r]?),
@@ -237,6 +246,7 @@ impl Expr {
                             Func::Sqrt => x.sqrt(),
                             Func::Ln => x.ln(),
                             Func::Exp => x.exp(),
+                            Func::Coalesce => unreachable!("handled above"),
                         })
                     })
                     .collect()
@@ -345,7 +355,7 @@ impl Parser {
                 self.skip_ws();
                 if let Some((_, '(')) = self.peek() {
                     let Some((func, arity)) = Func::from_name(&name) else {
-                        return Err((start, format!("unknown function `{name}`; the functions are max, min, abs, sqrt, ln, exp")));
+                        return Err((start, format!("unknown function `{name}`; the functions are max, min, abs, sqrt, ln, exp, coalesce")));
                     };
                     self.pos += 1;
                     let mut args = vec![self.sum()?];
@@ -444,6 +454,14 @@ mod tests {
         let schema = b.schema();
         assert_eq!(super::super::schema::unit_of(schema.field_with_name("x").unwrap()), Some("1"));
         assert_eq!(b.num_columns(), 8);
+    }
+
+    #[test]
+    fn coalesce_fills_only_null_or_non_finite_values() {
+        let b = run(r#"columns = [{ name = "x", expr = "coalesce(amp / scale, -1)" }, { name = "y", expr = "coalesce(amp, n)" }]"#, table()).unwrap();
+        // Row 3: null amplitude; row 4: 50 / 0 is not finite. Both become the fallback.
+        assert_eq!(col(&b, "x"), vec![Some(0.5), Some(1.5), Some(-1.0), Some(-1.0)]);
+        assert_eq!(col(&b, "y"), vec![Some(100.0), Some(300.0), Some(30.0), Some(50.0)]);
     }
 
     #[test]
