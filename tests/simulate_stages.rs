@@ -553,10 +553,9 @@ fn membrane_fit_settings_are_checked_before_running() {
     assert!(text.contains("three unknowns need at least 3 pairs"), "{text}");
     assert!(text.contains("must be a duration >= 0 s, got -1"), "{text}");
     assert!(text.contains("p.toml:14:13:") && text.contains("p.toml:15:19:"), "positions are reported: {text}");
+    // The wrong unit is found in the same pass as the bad values (regression: schema errors used
+    // to wait until every value error was fixed, so a user needed two runs to see them all).
+    assert!(text.contains("p.toml:16:12:") && text.contains("column `response` of input `input` is in mV, but pA is needed"), "{text}");
+    assert!(text.contains("3 errors found"), "{text}");
     assert!(!dir.path().join("mem.parquet").exists());
-    // A current column in the wrong unit is refused by name before anything runs.
-    std::fs::write(dir.path().join("p.toml"), membrane_pipeline("nan", "stimulus = \"response\"")).unwrap();
-    let (code, text) = neurostream(dir.path(), "run", "p.toml");
-    assert_ne!(code, 0);
-    assert!(text.contains("column `response` of input `input` is in mV, but pA is needed"), "{text}");
 }

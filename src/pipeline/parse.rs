@@ -458,16 +458,24 @@ pub fn parse_str_with(path: &Path, text: &str, restrict: &[(String, Vec<PathBuf>
         for issue in issues {
             diags.push(issue_diagnostic(&map, r, &issue));
         }
-        if broken[i] || had_value_issues {
+        if broken[i] {
             continue;
         }
         let inputs: Option<Vec<SchemaRef>> = edges[i].iter().map(|&p| schemas[p].clone()).collect();
         let Some(inputs) = inputs else { continue }; // an input is itself invalid: do not cascade
+        // The schema checks run even when a value is bad, so that one pass reports every error
+        // (a wrong column or unit next to a bad number); the stage's schema is then not
+        // recorded, so its consumers are not checked against it. An issue that both passes
+        // find (a formula that does not parse) is reported once.
         match def.output_schema(&ctxs[i], &inputs) {
-            Ok(s) => schemas[i] = Some(s),
+            Ok(s) if !had_value_issues => schemas[i] = Some(s),
+            Ok(_) => {}
             Err(issues) => {
                 for issue in issues {
-                    diags.push(issue_diagnostic(&map, r, &issue));
+                    let d = issue_diagnostic(&map, r, &issue);
+                    if !diags.contains(&d) {
+                        diags.push(d);
+                    }
                 }
             }
         }
