@@ -19,12 +19,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type, Schema, SchemaRef};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::features_trace::{as_f64_list, is_list, numeric_list, row_values, unit_label};
+use super::features_trace::{as_f64_list, numeric_list, passed_columns, passed_fields, row_values, unit_label};
 use super::schema::{column_list, field, is_numeric, require, unit_of};
 use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
 use crate::error::Result;
@@ -164,8 +164,7 @@ impl StageConfig for FeaturesMembrane {
                 _ => {}
             }
         }
-        let mut fields: Vec<Field> =
-            input.fields().iter().filter(|f| self.keep_lists || !is_list(f.data_type())).map(|f| f.as_ref().clone()).collect();
+        let mut fields = passed_fields(input, self.keep_lists);
         let names: BTreeSet<String> = fields.iter().map(|f| f.name().clone()).collect();
         for (suffix, unit, int) in ADDED {
             let name = format!("{}_{suffix}", self.prefix);
@@ -255,13 +254,7 @@ impl TransformOperator for MembraneOp {
                 Err(e) => out.fail(unit_label(&batch, r), e.clone()),
             }
         }
-        let idx = arrow::array::UInt64Array::from_iter_values(rows.iter().map(|&r| r as u64));
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for f in batch.schema().fields() {
-            if cfg.keep_lists || !is_list(f.data_type()) {
-                columns.push(arrow::compute::take(batch.column_by_name(f.name()).expect("own schema"), &idx, None)?);
-            }
-        }
+        let mut columns = passed_columns(&batch, &rows, cfg.keep_lists)?;
         let fit = |r: usize| fits[r].as_ref().ok().and_then(|f| f.as_ref().ok());
         let f64s = |g: &dyn Fn(&MembraneFit) -> f64| -> ArrayRef {
             Arc::new(rows.iter().map(|&r| fit(r).map(g).filter(|x| x.is_finite())).collect::<Float64Array>())

@@ -211,8 +211,7 @@ impl StageConfig for FeaturesTrace {
                 _ => {}
             }
         }
-        let mut fields: Vec<Field> =
-            input.fields().iter().filter(|f| self.keep_lists || !is_list(f.data_type())).map(|f| f.as_ref().clone()).collect();
+        let mut fields = passed_fields(input, self.keep_lists);
         let mut names: BTreeSet<String> = fields.iter().map(|f| f.name().clone()).collect();
         for (name, unit, is_int) in self.added(input) {
             if !names.insert(name.clone()) {
@@ -302,6 +301,24 @@ fn trace_stats(x: &[f64], rate_hz: Option<f64>, lags_s: &[f64]) -> TraceStats {
     TraceStats { samples: n as i64, level, acf }
 }
 
+/// The input fields a per-row feature stage passes on: every scalar column, and the list columns
+/// too when `keep_lists` (the schema side of [`passed_columns`]).
+pub(super) fn passed_fields(input: &Schema, keep_lists: bool) -> Vec<Field> {
+    input.fields().iter().filter(|f| keep_lists || !is_list(f.data_type())).map(|f| f.as_ref().clone()).collect()
+}
+
+/// The passed-on columns of `batch` (see [`passed_fields`]) at the kept `rows`, in order.
+pub(super) fn passed_columns(batch: &RecordBatch, rows: &[usize], keep_lists: bool) -> Result<Vec<ArrayRef>> {
+    let idx = arrow::array::UInt64Array::from_iter_values(rows.iter().map(|&r| r as u64));
+    let mut columns = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if keep_lists || !is_list(f.data_type()) {
+            columns.push(arrow::compute::take(c, &idx, None)?);
+        }
+    }
+    Ok(columns)
+}
+
 pub(super) fn as_f64_list(batch: &RecordBatch, col: &str) -> Result<LargeListArray> {
     let c = batch.column_by_name(col).ok_or_else(|| Error::msg(format!("the batch has no column `{col}`")))?;
     let c = arrow::compute::cast(c, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
@@ -381,13 +398,7 @@ impl TransformOperator for TraceOp {
             }
         }
         let rows: Vec<usize> = (0..n).filter(|&r| keep[r]).collect();
-        let idx = arrow::array::UInt64Array::from_iter_values(rows.iter().map(|&r| r as u64));
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for f in batch.schema().fields() {
-            if self.cfg.keep_lists || !is_list(f.data_type()) {
-                columns.push(arrow::compute::take(batch.column_by_name(f.name()).expect("own schema"), &idx, None)?);
-            }
-        }
+        let mut columns = passed_columns(&batch, &rows, self.cfg.keep_lists)?;
         let f64s = |f: &dyn Fn(usize) -> Option<f64>| -> ArrayRef { Arc::new(rows.iter().map(|&r| f(r)).collect::<Float64Array>()) };
         for col in &stats {
             columns.push(Arc::new(rows.iter().map(|&r| col[r].as_ref().map(|s| s.samples)).collect::<Int64Array>()));
