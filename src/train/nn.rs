@@ -72,83 +72,92 @@ pub enum NnLoss {
     Poisson,
 }
 
-/// Multilayer perceptron: dense layers with ReLU and dropout, then a linear output layer
-/// (one unit for regression, one logit per class for classification).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MlpSpec {
-    /// Units of each hidden layer, each ≥ 1; default [100] (scikit-learn's default).
-    #[serde(default = "default_hidden")]
-    pub hidden: Vec<usize>,
-    /// Dropout probability after each hidden layer during training, in [0, 1); default 0.
-    #[serde(default)]
-    pub dropout: f64,
-    /// Adam step size, > 0; default 1e-3.
-    #[serde(default = "default_lr")]
-    pub learning_rate: f64,
-    /// Maximum passes over the training rows, ≥ 1; default 200.
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
-    /// Rows per Adam step, ≥ 1; default 32.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    /// L2 penalty λ/2·Σ‖W‖² on the weights (not biases), ≥ 0; default 1e-4.
-    #[serde(default = "default_weight_decay")]
-    pub weight_decay: f64,
-    /// Early stopping: stop after this many epochs without a lower validation loss, ≥ 1; default 10.
-    #[serde(default = "default_patience")]
-    pub patience: usize,
-    /// Fraction of the training rows held out for early stopping (stratified for classes), in
-    /// [0, 0.5]; 0 = no early stopping (train every epoch). Default 0.1.
-    #[serde(default = "default_validation_fraction")]
-    pub validation_fraction: f64,
-    /// Regression loss: "mse" (default) or "poisson" (counts).
-    #[serde(default)]
-    pub loss: NnLoss,
+/// Declares a network spec: its own fields, then the training fields every architecture shares
+/// (declared once here, so their names, defaults and docs cannot drift apart), and its
+/// `training()` accessor. serde's `deny_unknown_fields` does not combine with `flatten`, hence a
+/// macro rather than a nested struct.
+macro_rules! nn_spec_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// Adam step size, > 0; default 1e-3.
+            #[serde(default = "default_lr")]
+            pub learning_rate: f64,
+            /// Maximum passes over the training rows, ≥ 1; default 200.
+            #[serde(default = "default_epochs")]
+            pub epochs: usize,
+            /// Rows per Adam step, ≥ 1; default 32.
+            #[serde(default = "default_batch")]
+            pub batch_size: usize,
+            /// L2 penalty λ/2·Σ‖W‖² on the weights and kernels (not biases), ≥ 0; default 1e-4.
+            #[serde(default = "default_weight_decay")]
+            pub weight_decay: f64,
+            /// Early stopping: stop after this many epochs without a lower validation loss, ≥ 1; default 10.
+            #[serde(default = "default_patience")]
+            pub patience: usize,
+            /// Fraction of the training rows held out for early stopping (stratified for classes), in
+            /// [0, 0.5]; 0 = no early stopping (train every epoch). Default 0.1.
+            #[serde(default = "default_validation_fraction")]
+            pub validation_fraction: f64,
+            /// Regression loss: "mse" (default) or "poisson" (counts).
+            #[serde(default)]
+            pub loss: NnLoss,
+        }
+
+        impl $name {
+            pub(crate) fn training(&self) -> Training {
+                Training {
+                    dropout: self.dropout,
+                    learning_rate: self.learning_rate,
+                    epochs: self.epochs,
+                    batch_size: self.batch_size,
+                    weight_decay: self.weight_decay,
+                    patience: self.patience,
+                    validation_fraction: self.validation_fraction,
+                    loss: self.loss,
+                }
+            }
+        }
+    };
 }
 
-/// 1-D convolutional network for traces: blocks of Conv1d ("same" padding) → ReLU → max pool,
-/// then the global average over time, dense ReLU layers, and a linear output. The features must
-/// be list columns of one length; each list column is one input channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Cnn1dSpec {
-    /// Output channels of each convolution block, each ≥ 1; default [16, 32].
-    #[serde(default = "default_channels")]
-    pub channels: Vec<usize>,
-    /// Convolution kernel length in samples, odd, ≥ 1; default 7.
-    #[serde(default = "default_kernel")]
-    pub kernel_size: usize,
-    /// Max-pool width (and stride) after each block, ≥ 1 (1 = no pooling); default 2.
-    #[serde(default = "default_pool")]
-    pub pool: usize,
-    /// Units of the dense hidden layers after the pooling, each ≥ 1; default none.
-    #[serde(default)]
-    pub hidden: Vec<usize>,
-    /// Dropout probability after each dense hidden layer during training, in [0, 1); default 0.
-    #[serde(default)]
-    pub dropout: f64,
-    /// Adam step size, > 0; default 1e-3.
-    #[serde(default = "default_lr")]
-    pub learning_rate: f64,
-    /// Maximum passes over the training rows, ≥ 1; default 200.
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
-    /// Rows per Adam step, ≥ 1; default 32.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    /// L2 penalty λ/2·Σ‖W‖² on kernels and weights (not biases), ≥ 0; default 1e-4.
-    #[serde(default = "default_weight_decay")]
-    pub weight_decay: f64,
-    /// Early stopping patience in epochs, ≥ 1; default 10.
-    #[serde(default = "default_patience")]
-    pub patience: usize,
-    /// Fraction of training rows held out for early stopping, in [0, 0.5]; 0 = none. Default 0.1.
-    #[serde(default = "default_validation_fraction")]
-    pub validation_fraction: f64,
-    /// Regression loss: "mse" (default) or "poisson".
-    #[serde(default)]
-    pub loss: NnLoss,
+nn_spec_struct! {
+    /// Multilayer perceptron: dense layers with ReLU and dropout, then a linear output layer
+    /// (one unit for regression, one logit per class for classification).
+    pub struct MlpSpec {
+        /// Units of each hidden layer, each ≥ 1; default [100] (scikit-learn's default).
+        #[serde(default = "default_hidden")]
+        pub hidden: Vec<usize>,
+        /// Dropout probability after each hidden layer during training, in [0, 1); default 0.
+        #[serde(default)]
+        pub dropout: f64,
+    }
+}
+
+nn_spec_struct! {
+    /// 1-D convolutional network for traces: blocks of Conv1d ("same" padding) → ReLU → max pool,
+    /// then the global average over time, dense ReLU layers, and a linear output. The features must
+    /// be list columns of one length; each list column is one input channel.
+    pub struct Cnn1dSpec {
+        /// Output channels of each convolution block, each ≥ 1; default [16, 32].
+        #[serde(default = "default_channels")]
+        pub channels: Vec<usize>,
+        /// Convolution kernel length in samples, odd, ≥ 1; default 7.
+        #[serde(default = "default_kernel")]
+        pub kernel_size: usize,
+        /// Max-pool width (and stride) after each block, ≥ 1 (1 = no pooling); default 2.
+        #[serde(default = "default_pool")]
+        pub pool: usize,
+        /// Units of the dense hidden layers after the pooling, each ≥ 1; default none.
+        #[serde(default)]
+        pub hidden: Vec<usize>,
+        /// Dropout probability after each dense hidden layer during training, in [0, 1); default 0.
+        #[serde(default)]
+        pub dropout: f64,
+    }
 }
 
 /// The training hyperparameters both architectures share.
@@ -163,36 +172,6 @@ pub(crate) struct Training {
     pub patience: usize,
     pub validation_fraction: f64,
     pub loss: NnLoss,
-}
-
-impl MlpSpec {
-    pub(crate) fn training(&self) -> Training {
-        Training {
-            dropout: self.dropout,
-            learning_rate: self.learning_rate,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            weight_decay: self.weight_decay,
-            patience: self.patience,
-            validation_fraction: self.validation_fraction,
-            loss: self.loss,
-        }
-    }
-}
-
-impl Cnn1dSpec {
-    pub(crate) fn training(&self) -> Training {
-        Training {
-            dropout: self.dropout,
-            learning_rate: self.learning_rate,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            weight_decay: self.weight_decay,
-            patience: self.patience,
-            validation_fraction: self.validation_fraction,
-            loss: self.loss,
-        }
-    }
 }
 
 /// Checks the documented ranges of the shared fields (and that the feature is compiled in).
