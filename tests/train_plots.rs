@@ -252,3 +252,42 @@ fn a_bad_learning_curve_is_refused_before_anything_runs() {
     assert_eq!(text.matches("pipeline.toml:18:").count(), 3, "each error points into the learning_curve line:\n{text}");
     assert!(!tmp.path().join("runs").exists(), "validation creates nothing");
 }
+
+/// train.cluster with labels draws the clusters against the classes: each cluster matched to a
+/// class by the Hungarian assignment (the matching behind `hungarian_accuracy`), and a last
+/// column for the cluster no class was matched to (here k-means with 4 clusters for 3 classes).
+#[test]
+fn cluster_stage_draws_its_clusters_matched_to_the_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    write_table(&tmp.path().join("data/table.csv"));
+    let pipeline = r#"
+[pipeline]
+name = "plots"
+seed = 5
+
+[stages.table]
+kind = "source.csv"
+paths = ["data/table.csv"]
+
+[stages.cluster]
+kind = "train.cluster"
+inputs = ["table"]
+features = ["informative", "noise"]
+labels = "cell_type"
+model = { model = "k_means", n_clusters = 4, n_runs = 5 }
+"#;
+    std::fs::write(tmp.path().join("pipeline.toml"), pipeline).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "pipeline.toml", "--quiet"]).current_dir(tmp.path()).output().unwrap();
+    assert!(out.status.success(), "run failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let dir = tmp.path().join("runs/plots/artifacts/cluster");
+    let m = metrics(&dir);
+    assert_eq!(m["plots"], serde_json::json!(["confusion.png"]), "{m}");
+    assert!(m.get("plot_errors").is_none(), "{}", m["plot_errors"]);
+    let px = check_png(&dir.join("confusion.png"), (900, 800));
+    // The informative feature separates the classes, so most matched cells are dark blue.
+    let dark_blue = px.iter().filter(|p| p[2] as i32 > p[0] as i32 + 40 && p[0] < 100).count();
+    assert!(dark_blue > 5000, "{dark_blue} dark blue pixels");
+    let acc = m["pooled"]["values"]["hungarian_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.5, "hungarian accuracy {acc}");
+}

@@ -14,7 +14,8 @@
 //! * `metrics.parquet` — the same numbers as rows (scope, fold, target, metric, value);
 //! * `model.json` (`model-<target>.json` for several regression targets) — the model refitted on
 //!   every row, which `predict.model` loads;
-//! * with `plots = true` (the default), PNG figures: `confusion.png` (train.classify),
+//! * with `plots = true` (the default), PNG figures: `confusion.png` (train.classify; train.cluster
+//!   with `labels`: each cluster matched to a class by the Hungarian assignment),
 //!   `predicted_vs_true.png` (train.regress, coloured by `report_by`), `importance.png`
 //!   (permutation importance) and `learning_curve.png` (when `learning_curve` is given); with
 //!   several regression targets each name gets `-<target>` like the model files.
@@ -287,8 +288,9 @@ fn is_feature_type(t: &DataType) -> bool {
 impl<K: TaskKind> StageConfig for Train<K> {
     const KIND: &'static str = K::KIND;
     const SUMMARY: &'static str = K::SUMMARY;
-    // 2: the artifacts gained figures, permutation importance and the learning curve.
-    const CODE_VERSION: u32 = 2;
+    // 2: the artifacts gained figures, permutation importance and the learning curve;
+    // 3: train.cluster draws its clusters matched to the classes.
+    const CODE_VERSION: u32 = 3;
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
@@ -1036,6 +1038,20 @@ impl<K: TaskKind> TrainOperator<K> {
                     let majority = metrics::majority_class(&truth, classes.len()).map(|m| truth.iter().filter(|&&t| t == m).count() as f64 / n as f64);
                     if let Some(m) = majority {
                         scores.values.insert("majority_baseline_accuracy".into(), m);
+                    }
+                    if self.cfg.plots {
+                        let v = |m: &str| scores.values.get(m).map_or("n/a".to_string(), |v| format!("{v:.3}"));
+                        let title = format!("{}: clusters matched to classes, accuracy {}, NMI {}, ARI {}", self.name, v("hungarian_accuracy"), v("nmi"), v("ari"));
+                        let drawn = metrics::matched_confusion(&truth, &pred, classes.len())
+                            .map_err(|e| plots::PlotError::NoData(e.to_string()))
+                            .and_then(|(cm, unmatched)| {
+                                let mut names = classes.clone();
+                                if unmatched {
+                                    names.push("unmatched cluster".into());
+                                }
+                                plots::confusion_matrix(&title, &names, &cm)
+                            });
+                        self.keep_figure("confusion.png".into(), drawn, &mut models_out, &mut plot_errors);
                     }
                     report.insert("classes".into(), serde_json::to_value(&classes)?);
                     columns.push(Arc::new(StringArray::from_iter_values(l)));

@@ -262,6 +262,32 @@ pub fn hungarian_matched_accuracy(labels_true: &[usize], labels_pred: &[usize]) 
     Ok(matched as f64 / labels_true.len() as f64)
 }
 
+/// Classes against clusters matched to classes by the Hungarian assignment of
+/// [`hungarian_matched_accuracy`] (whose value is this matrix's trace over the row count):
+/// `counts[true][matched]`, `n_classes` square, plus a last row and column for the clusters no
+/// class was matched to (more clusters than classes, or DBSCAN's noise) when there are any; the
+/// flag says whether that extra index is present. How a person reads a clustering against labels:
+/// the same picture as a classifier's confusion matrix.
+pub fn matched_confusion(labels_true: &[usize], labels_pred: &[usize], n_classes: usize) -> Result<(Vec<Vec<u64>>, bool), MetricsError> {
+    let table = contingency_matrix(labels_true, labels_pred)?;
+    let weights: Vec<Vec<f64>> = table.iter().map(|r| r.iter().map(|&c| c as f64).collect()).collect();
+    let n_clusters = table.first().map_or(0, Vec::len);
+    let mut class_of = vec![None; n_clusters];
+    for (class, cluster) in hungarian_max_assignment(&weights).into_iter().enumerate() {
+        if let Some(k) = cluster {
+            class_of[k] = Some(class);
+        }
+    }
+    let n_classes = n_classes.max(table.len());
+    let unmatched = labels_pred.iter().any(|&p| class_of[p].is_none());
+    let size = n_classes + usize::from(unmatched);
+    let mut counts = vec![vec![0u64; size]; size];
+    for (&t, &p) in labels_true.iter().zip(labels_pred) {
+        counts[t][class_of[p].unwrap_or(n_classes)] += 1;
+    }
+    Ok((counts, unmatched))
+}
+
 /// Normalized mutual information with arithmetic normalization,
 /// NMI = I(T; P) / ((H(T) + H(P)) / 2), natural logarithms (scikit-learn's default
 /// `average_method="arithmetic"`). Two single-cluster labelings give 1.0.
@@ -313,6 +339,21 @@ pub fn adjusted_rand_index(labels_true: &[usize], labels_pred: &[usize]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matched_confusion_has_the_hungarian_accuracy_on_its_diagonal() {
+        // Three classes, four clusters (cluster 3 matches no class), labels permuted.
+        let truth = [0, 0, 0, 1, 1, 1, 2, 2, 2, 2];
+        let pred = [2, 2, 1, 0, 0, 3, 1, 1, 1, 0];
+        let (cm, unmatched) = matched_confusion(&truth, &pred, 3).unwrap();
+        assert!(unmatched);
+        assert_eq!(cm, vec![vec![2, 0, 1, 0], vec![0, 2, 0, 1], vec![0, 1, 3, 0], vec![0, 0, 0, 0]]);
+        let trace: u64 = (0..3).map(|k| cm[k][k]).sum();
+        assert_eq!(trace as f64 / truth.len() as f64, hungarian_matched_accuracy(&truth, &pred).unwrap());
+        let (cm, unmatched) = matched_confusion(&[0, 1, 1], &[1, 0, 0], 2).unwrap();
+        assert!(!unmatched);
+        assert_eq!(cm, vec![vec![1, 0], vec![0, 2]]);
+    }
     use serde_json::Value;
 
     fn reference() -> Value {
