@@ -24,8 +24,8 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::features_trace::{as_f64_list, numeric_list, passed_columns, passed_fields, row_values, unit_label};
-use super::schema::{column_list, field, is_numeric, require, unit_of};
+use super::features_trace::{numeric_list, passed_columns, passed_fields, unit_label};
+use super::schema::{as_f64_list, column_list, field, is_numeric, require, row_values, unit_of};
 use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
 use crate::error::Result;
 use crate::features::membrane::{MembraneFit, NoFit, Scheme, fit_membrane};

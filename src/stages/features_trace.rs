@@ -29,15 +29,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, LargeListArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{column_list, field, is_numeric, unit_of};
+use super::schema::{as_f64_list, check_rate_column, column_list, field, is_numeric, row_values, unit_of};
 use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::features::spike_train::basic_spike_train_features;
 
 /// Summary statistics of list columns, and spike-train features of an event-time column, per row.
@@ -194,22 +194,8 @@ impl StageConfig for FeaturesTrace {
                 _ => {}
             }
         }
-        let needs_rate = !self.columns.is_empty();
-        if needs_rate {
-            match input.field_with_name(&self.sampling_rate_column) {
-                Err(_) => issues.push(Issue::at(
-                    &["sampling_rate_column"],
-                    format!("the input has no column `{}`; it has: {}", self.sampling_rate_column, column_list(input)),
-                )),
-                Ok(f) if !is_numeric(f.data_type()) => {
-                    issues.push(Issue::at(&["sampling_rate_column"], format!("`{}` must be numeric", self.sampling_rate_column)))
-                }
-                Ok(f) if unit_of(f).is_some_and(|u| u != "Hz") => issues.push(Issue::at(
-                    &["sampling_rate_column"],
-                    format!("`{}` is in {}, but Hz is needed", self.sampling_rate_column, unit_of(f).unwrap_or("")),
-                )),
-                _ => {}
-            }
+        if !self.columns.is_empty() {
+            check_rate_column(input, &self.sampling_rate_column, &mut issues);
         }
         let mut fields = passed_fields(input, self.keep_lists);
         let mut names: BTreeSet<String> = fields.iter().map(|f| f.name().clone()).collect();
@@ -317,21 +303,6 @@ pub(super) fn passed_columns(batch: &RecordBatch, rows: &[usize], keep_lists: bo
         }
     }
     Ok(columns)
-}
-
-pub(super) fn as_f64_list(batch: &RecordBatch, col: &str) -> Result<LargeListArray> {
-    let c = batch.column_by_name(col).ok_or_else(|| Error::msg(format!("the batch has no column `{col}`")))?;
-    let c = arrow::compute::cast(c, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
-    Ok(c.as_list::<i64>().clone())
-}
-
-pub(super) fn row_values(list: &LargeListArray, row: usize) -> Option<Vec<f64>> {
-    if list.is_null(row) {
-        return None;
-    }
-    let v = list.value(row);
-    let v = v.as_primitive::<Float64Type>();
-    Some((0..v.len()).map(|i| if v.is_null(i) { f64::NAN } else { v.value(i) }).collect())
 }
 
 pub(super) fn unit_label(batch: &RecordBatch, row: usize) -> String {

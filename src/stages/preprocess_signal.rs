@@ -39,7 +39,7 @@ use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{column_list, field, is_numeric, type_name, unit_of};
+use super::schema::{check_rate_column, column_list, f64_list_rows, field, is_numeric, type_name, unit_of};
 use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::preprocess::butterworth::{Band, Sos, SosState, butter_sos};
@@ -99,35 +99,6 @@ fn check_list_columns(input: &Schema, key: &str, columns: &[String], issues: &mu
             _ => {}
         }
     }
-}
-
-/// Checks the sampling-rate column: numeric, in Hz when it has a unit.
-fn check_rate_column(input: &Schema, column: &str, issues: &mut Vec<Issue>) {
-    let key = ["sampling_rate_column"];
-    match input.field_with_name(column) {
-        Err(_) => issues.push(Issue::at(&key, format!("the input has no column `{column}`; it has: {}", column_list(input)))),
-        Ok(f) if !is_numeric(f.data_type()) => issues.push(Issue::at(&key, format!("`{column}` is {}; a number (Hz) is needed", type_name(f.data_type())))),
-        Ok(f) if unit_of(f).is_some_and(|u| u != "Hz") => {
-            issues.push(Issue::at(&key, format!("`{column}` is in {}, but Hz is needed", unit_of(f).unwrap_or(""))))
-        }
-        _ => {}
-    }
-}
-
-/// The rows of a numeric list column as f64 (null rows `None`, null items NaN).
-fn read_lists(batch: &RecordBatch, column: &str) -> Result<Vec<Option<Vec<f64>>>> {
-    let c = batch.column_by_name(column).ok_or_else(|| Error::msg(format!("the batch has no column `{column}`")))?;
-    let c = arrow::compute::cast(c, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
-    let list = c.as_list::<i64>();
-    Ok((0..list.len())
-        .map(|r| {
-            (!list.is_null(r)).then(|| {
-                let v = list.value(r);
-                let v = v.as_primitive::<Float64Type>();
-                (0..v.len()).map(|i| if v.is_null(i) { f64::NAN } else { v.value(i) }).collect()
-            })
-        })
-        .collect())
 }
 
 /// A list column of type `like` (list or large list of the item type and field it declares)
@@ -396,7 +367,7 @@ impl TransformOperator for FilterOp {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         let n = batch.num_rows();
         let rows = Rows::of(&batch, &self.cfg.sampling_rate_column)?;
-        let mut lists: Vec<Vec<Option<Vec<f64>>>> = self.cfg.columns.iter().map(|c| read_lists(&batch, c)).collect::<Result<_>>()?;
+        let mut lists: Vec<Vec<Option<Vec<f64>>>> = self.cfg.columns.iter().map(|c| f64_list_rows(&batch, c)).collect::<Result<_>>()?;
         let chunk_info = if self.chunked {
             let chunks = arrow::compute::cast(batch.column_by_name("chunk").expect("checked at build"), &DataType::Int64)?;
             let chunks: Vec<Option<i64>> = chunks.as_primitive::<arrow::datatypes::Int64Type>().iter().collect();
@@ -568,7 +539,7 @@ impl TransformOperator for ResampleOp {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         let n = batch.num_rows();
         let rows = Rows::of(&batch, &self.cfg.sampling_rate_column)?;
-        let mut lists: Vec<Vec<Option<Vec<f64>>>> = self.columns.iter().map(|c| read_lists(&batch, c)).collect::<Result<_>>()?;
+        let mut lists: Vec<Vec<Option<Vec<f64>>>> = self.columns.iter().map(|c| f64_list_rows(&batch, c)).collect::<Result<_>>()?;
         let padding = match self.cfg.padding {
             PadMode::Mean => Padding::Mean,
             PadMode::Median => Padding::Median,
@@ -790,7 +761,7 @@ impl TransformOperator for WindowOp {
             Some(e) => {
                 let a = batch.column_by_name(e).ok_or_else(|| Error::msg(format!("the batch has no column `{e}`")))?;
                 if is_numeric_list(a.data_type()) {
-                    Some(read_lists(&batch, e)?)
+                    Some(f64_list_rows(&batch, e)?)
                 } else {
                     Some(f64_column(&batch, e)?.expect("present").into_iter().map(|v| v.map(|v| vec![v])).collect())
                 }

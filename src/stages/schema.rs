@@ -2,12 +2,16 @@
 //!
 //! Units travel with the data (`unit` = `mV`, `pA`, `s`, `Hz` in each field's metadata), so a
 //! stage can refuse a column in the wrong unit at validation time instead of misreading it.
+//! Also the one reader of numeric list columns as f64 rows that the stages share.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Array, AsArray, LargeListArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 
 use super::Issue;
+use crate::error::{Error, Result};
 
 /// The metadata key that holds a column's unit.
 pub const UNIT_KEY: &str = "unit";
@@ -90,6 +94,20 @@ pub fn require(
     Ok(())
 }
 
+/// Checks a sampling-rate column (the stage key `sampling_rate_column`): numeric, in Hz when it
+/// has a unit.
+pub fn check_rate_column(input: &Schema, column: &str, issues: &mut Vec<Issue>) {
+    let key = ["sampling_rate_column"];
+    match input.field_with_name(column) {
+        Err(_) => issues.push(Issue::at(&key, format!("the input has no column `{column}`; it has: {}", column_list(input)))),
+        Ok(f) if !is_numeric(f.data_type()) => issues.push(Issue::at(&key, format!("`{column}` is {}; a number (Hz) is needed", type_name(f.data_type())))),
+        Ok(f) if unit_of(f).is_some_and(|u| u != "Hz") => {
+            issues.push(Issue::at(&key, format!("`{column}` is in {}, but Hz is needed", unit_of(f).unwrap_or(""))))
+        }
+        _ => {}
+    }
+}
+
 pub fn column_list(schema: &Schema) -> String {
     let names: Vec<String> = schema.fields().iter().map(|f| format!("`{}`", f.name())).collect();
     if names.is_empty() { "no columns".into() } else { names.join(", ") }
@@ -99,4 +117,28 @@ pub fn column_list(schema: &Schema) -> String {
 pub fn same_columns(a: &Schema, b: &Schema) -> bool {
     a.fields().len() == b.fields().len()
         && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type().equals_datatype(y.data_type()))
+}
+
+/// A numeric list column of `batch` cast to `large_list<float64>`, for reading row by row with
+/// [`row_values`] (a trace stays in the batch until its row is read).
+pub fn as_f64_list(batch: &RecordBatch, col: &str) -> Result<LargeListArray> {
+    let c = batch.column_by_name(col).ok_or_else(|| Error::msg(format!("the batch has no column `{col}`")))?;
+    let c = arrow::compute::cast(c, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
+    Ok(c.as_list::<i64>().clone())
+}
+
+/// One row of a list from [`as_f64_list`]: `None` for a null row, NaN for a null item.
+pub fn row_values(list: &LargeListArray, row: usize) -> Option<Vec<f64>> {
+    if list.is_null(row) {
+        return None;
+    }
+    let v = list.value(row);
+    let v = v.as_primitive::<Float64Type>();
+    Some((0..v.len()).map(|i| if v.is_null(i) { f64::NAN } else { v.value(i) }).collect())
+}
+
+/// Every row of a numeric list column as f64 (see [`row_values`]).
+pub fn f64_list_rows(batch: &RecordBatch, col: &str) -> Result<Vec<Option<Vec<f64>>>> {
+    let list = as_f64_list(batch, col)?;
+    Ok((0..list.len()).map(|r| row_values(&list, r)).collect())
 }

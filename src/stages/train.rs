@@ -494,22 +494,11 @@ fn f64_values(batches: &[RecordBatch], col: &str) -> Result<Vec<Option<f64>>> {
     Ok(out)
 }
 
-/// Values of a list column, one Vec per row (None for a null row).
+/// Values of a list column over all batches, one Vec per row (None for a null row).
 fn list_values(batches: &[RecordBatch], col: &str) -> Result<Vec<Option<Vec<f64>>>> {
     let mut out = Vec::new();
     for b in batches {
-        let c = b.column_by_name(col).ok_or_else(|| Error::msg(format!("no column `{col}`")))?;
-        let c = arrow::compute::cast(c, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
-        let l = c.as_list::<i64>();
-        for r in 0..l.len() {
-            if l.is_null(r) {
-                out.push(None);
-            } else {
-                let v = l.value(r);
-                let v = v.as_primitive::<Float64Type>();
-                out.push(Some((0..v.len()).map(|i| if v.is_null(i) { f64::NAN } else { v.value(i) }).collect()));
-            }
-        }
+        out.extend(super::schema::f64_list_rows(b, col)?);
     }
     Ok(out)
 }
