@@ -17,9 +17,9 @@ use arrow::array::{DictionaryArray, Float32Array, Int32Array, Int64Array, Record
 use arrow::datatypes::{DataType, Field, Int8Type, Schema};
 use criterion::{Criterion, criterion_group, criterion_main};
 use neurostream::pipeline::parse_str;
-use neurostream::runtime::checkpoint::CheckpointWriter;
+use neurostream::checkpoint::CheckpointWriter;
 use neurostream::runtime::{Mode, RunOptions, run_pipeline};
-use neurostream::stages::{Emitter, Operator};
+use neurostream::stage::{Emitter, Operator};
 use parquet::arrow::ArrowWriter;
 
 const ROWS: usize = 2_000_000;
@@ -163,7 +163,7 @@ fn checkpoint_write(c: &mut Criterion) {
         batches.push(RecordBatch::try_new(schema.clone(), vec![Arc::new(value), Arc::new(sweep), Arc::new(idx), Arc::new(channel)]).unwrap());
         start += len;
     }
-    let bytes: usize = batches.iter().map(neurostream::stages::batch_bytes).sum();
+    let bytes: usize = batches.iter().map(neurostream::stage::batch_bytes).sum();
     eprintln!("checkpoint_write: {n} rows, {:.1} MB in memory", bytes as f64 / 1e6);
     let dir = tempfile::tempdir().unwrap();
     let mut g = c.benchmark_group("checkpoint_write");

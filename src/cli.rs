@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::error::{Error, Result};
 use crate::pipeline::{self, Pipeline};
-use crate::runtime::checkpoint::{self, describe_schema};
+use crate::checkpoint::{self, describe_schema};
 use crate::runtime::{Mode, RunOptions, run_pipeline};
-use crate::stages::{self, Arity};
+use crate::stage::Arity;
+use crate::stages;
 
 #[derive(Parser, Debug)]
 #[command(name = "neurostream", version, about = "Declarative dataflow pipelines for neurophysiology, on Arrow and Parquet")]
@@ -376,7 +377,7 @@ fn list_stages(only: Option<&str>, json: bool) -> Result<i32> {
     let selected: Vec<_> = reg.iter().filter(|e| only.is_none_or(|k| k == e.kind)).collect();
     if selected.is_empty() {
         let hint = only
-            .and_then(|k| crate::pipeline::diag::nearest(k, reg.iter().map(|e| e.kind)))
+            .and_then(|k| crate::diag::nearest(k, reg.iter().map(|e| e.kind)))
             .map(|n| format!("; did you mean `{n}`?"))
             .unwrap_or_default();
         return Err(Error::Usage(format!("no stage kind `{}`{hint}", only.unwrap_or(""))));
@@ -393,7 +394,7 @@ fn list_stages(only: Option<&str>, json: bool) -> Result<i32> {
             Arity::Transform { min, max } => format!("{}..{} inputs", min, max.map(|m| m.to_string()).unwrap_or("n".into())),
             Arity::Sink { .. } => "sink".to_string(),
         };
-        println!("{}  ({arity})\n  {}", e.kind, e.summary);
+        println!("{}  ({arity}; {})\n  {}", e.kind, partitioning_of(e), e.summary);
         let schema = serde_json::to_value((e.schema)()).unwrap_or_default();
         let required: Vec<&str> = schema.get("required").and_then(|r| r.as_array()).map(|r| r.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
         if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
@@ -412,6 +413,15 @@ fn list_stages(only: Option<&str>, json: bool) -> Result<i32> {
         println!();
     }
     Ok(0)
+}
+
+/// How a kind's work divides, read from its example configuration (a key column may come from
+/// the configuration, e.g. a group column).
+fn partitioning_of(e: &crate::stage::KindEntry) -> String {
+    match e.parse_options(e.example) {
+        Ok(def) => def.partitioning().to_string(),
+        Err(_) => "partitioning: see the kind's docs".into(),
+    }
 }
 
 fn gc(p: &Pipeline, dry_run: bool, quiet: bool) -> Result<i32> {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::pipeline::diag::Diagnostics;
+use crate::diag::Diagnostics;
 
 /// The crate's error type.
 #[derive(Debug, thiserror::Error)]

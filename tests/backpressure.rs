@@ -8,7 +8,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use neurostream::runtime::{Mode, RunOptions, run_pipeline};
-use neurostream::stages::{Arity, Emitter, Issue, Operator, StageContext, StageDef, TransformOperator};
+use neurostream::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageContext, StageDef, TransformOperator};
 
 /// Wraps a real stage; its operator sleeps before each batch, like an expensive model fit.
 struct Slow(Box<dyn StageDef>);
@@ -31,6 +31,9 @@ impl StageDef for Slow {
     }
     fn arity(&self) -> Arity {
         self.0.arity()
+    }
+    fn partitioning(&self) -> Partitioning {
+        self.0.partitioning()
     }
     fn canonical_json(&self) -> serde_json::Value {
         self.0.canonical_json()

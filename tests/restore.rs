@@ -12,7 +12,7 @@ use std::time::Instant;
 use arrow::array::{Float32Builder, Float64Array, Int64Array, LargeListBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::*;
-use neurostream::runtime::checkpoint;
+use neurostream::checkpoint;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 

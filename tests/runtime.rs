@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use neurostream::runtime::checkpoint;
+use neurostream::checkpoint;
 
 #[test]
 fn second_run_recomputes_nothing() {

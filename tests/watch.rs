@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::*;
-use neurostream::runtime::checkpoint;
+use neurostream::checkpoint;
 use neurostream::runtime::watch::read_ledger;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

@@ -7,8 +7,10 @@
 //! the nearest suggestion), unknown or missing inputs, cycles, invalid values, and output schemas
 //! that do not fit their consumers all become `file:line:column: message` diagnostics.
 
-pub mod diag;
 pub mod graph;
 pub mod parse;
+pub mod plan;
+pub mod rewrite;
 
+pub use plan::{Placement, Plan, Segment};
 pub use parse::{Pipeline, PipelineSection, StageNode, load, parse_str, parse_str_with, watch_sources};

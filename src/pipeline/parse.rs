@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::diag::{Diagnostic, Diagnostics, SourceMap, nearest};
+use crate::diag::{Diagnostic, Diagnostics, SourceMap, nearest};
 use crate::error::{Error, Result};
-use crate::stages::{self, Arity, Issue, PathSeg, StageContext, StageDef};
+use crate::stage::{Arity, Issue, KindEntry, PathSeg, StageContext, StageDef, WatchSource};
+use crate::stages;
 
 fn default_channel_rows() -> usize {
     65_536
@@ -155,7 +156,7 @@ pub fn stage_seed(pipeline_seed: u64, stage: &str) -> u64 {
 
 /// The watchable sources of a pipeline file, found without full validation (the watched folder
 /// may still be empty, so schemas cannot be checked yet).
-pub fn watch_sources(path: &Path, text: &str) -> Vec<(String, stages::WatchSource)> {
+pub fn watch_sources(path: &Path, text: &str) -> Vec<(String, WatchSource)> {
     let mut out = Vec::new();
     let (root, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
@@ -175,7 +176,7 @@ pub fn watch_sources(path: &Path, text: &str) -> Vec<(String, stages::WatchSourc
         options.remove("kind");
         options.remove("inputs");
         let Ok(def) = (entry.parse)(ValueDeserializer::from(Spanned::new(value.span(), DeValue::Table(options)))) else { continue };
-        let ctx = StageContext { name: key.get_ref().to_string(), base_dir: base_dir.clone(), seed: 0, run_dir: base_dir.clone() };
+        let ctx = StageContext::new(key.get_ref().to_string(), base_dir.clone(), 0, base_dir.clone());
         if let Some(w) = def.watch(&ctx) {
             out.push((key.get_ref().to_string(), w));
         }
@@ -187,7 +188,7 @@ struct RawStage<'i> {
     name: String,
     key_span: Range<usize>,
     value: Spanned<DeValue<'i>>,
-    kind: Option<stages::KindEntry>,
+    kind: Option<KindEntry>,
     kind_name: String,
     inputs: Vec<(String, Range<usize>)>,
     inputs_span: Option<Range<usize>>,
@@ -448,7 +449,7 @@ pub fn parse_str_with(path: &Path, text: &str, restrict: &[(String, Vec<PathBuf>
     let mut schemas: Vec<Option<SchemaRef>> = vec![None; n];
     let mut ctxs: Vec<StageContext> = Vec::with_capacity(n);
     for r in &raw {
-        ctxs.push(StageContext { name: r.name.clone(), base_dir: base_dir.clone(), seed: stage_seed(seed, &r.name), run_dir: run_dir.clone() });
+        ctxs.push(StageContext::new(r.name.clone(), base_dir.clone(), stage_seed(seed, &r.name), run_dir.clone()));
     }
     for &i in &order {
         let r = &raw[i];

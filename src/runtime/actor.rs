@@ -16,11 +16,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 
 use super::channel::{Credit, EdgeBudget};
-use super::checkpoint::{Checkpoint, CheckpointWriter, Manifest};
+use crate::checkpoint::{Checkpoint, CheckpointWriter, Manifest};
 use super::metrics::StageCounters;
 use crate::error::{Error, Result};
-use crate::stages::schema::{column_list, same_columns};
-use crate::stages::{Emitter, Operator, UnitFailure, batch_bytes, batch_units};
+use crate::stage::columns::{column_list, same_columns};
+use crate::stage::{Emitter, Operator, UnitFailure, batch_bytes, batch_units};
 
 pub enum StageMsg {
     /// Sources: produce until exhausted.
@@ -333,7 +333,7 @@ impl Actor for StageActor {
 }
 
 struct Noop;
-impl crate::stages::TransformOperator for Noop {
+impl crate::stage::TransformOperator for Noop {
     fn process(&mut self, _: usize, _: RecordBatch, _: &mut Emitter) -> Result<()> {
         Ok(())
     }

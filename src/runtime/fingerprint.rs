@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
-use crate::runtime::checkpoint::ExternalInput;
+use crate::checkpoint::ExternalInput;
 
 /// Hex digits kept of the 256-bit hash (80 bits: collisions are not a practical concern).
 const FINGERPRINT_HEX: usize = 20;

@@ -10,9 +10,9 @@
 
 pub mod actor;
 pub mod channel;
-pub mod checkpoint;
 pub mod fingerprint;
 pub mod metrics;
+pub mod report;
 pub mod run;
 pub mod watch;
 

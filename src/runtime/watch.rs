@@ -25,10 +25,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{RunLock, now_s};
 use super::run::{Mode, RunOptions, run_pipeline};
 use crate::error::{Error, Result};
-use crate::pipeline::{self, Pipeline};
+use crate::checkpoint::{self, Checkpoint, RunLock, now_s};
+use crate::pipeline::{self, Pipeline, Plan};
 
 /// One ledger line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,94 +58,109 @@ pub struct WatchOptions {
     pub quiet: bool,
     /// Override of the run directory.
     pub run_dir: Option<PathBuf>,
-    /// Training stages refit once this many new rows reached them since the last fit...
+    /// Stages that need every row (training, ...) refit once this many new rows reached them since
+    /// the last fit...
     pub refit_rows: u64,
     /// ...or once this long has passed with at least one new row (and at exit).
     pub refit_after: Duration,
 }
 
-/// Training stages (`train.*`) of a pipeline text with their single input: they need every row,
-/// so `run --watch` leaves them out of the per-file increments and refits them on a debounce
-/// over all the recordings so far, each fit a new model version under `runs/<name>/models/`.
-fn training_stages(text: &str) -> Vec<(String, String, toml::Table)> {
-    let Ok(doc) = text.parse::<toml::Table>() else { return Vec::new() };
-    let Some(stages) = doc.get("stages").and_then(|v| v.as_table()) else { return Vec::new() };
-    stages
-        .iter()
-        .filter_map(|(name, v)| {
-            let t = v.as_table()?;
-            let kind = t.get("kind")?.as_str()?;
-            let inputs = t.get("inputs")?.as_array()?;
-            match (kind.starts_with("train."), inputs.as_slice()) {
-                (true, [one]) => Some((name.clone(), one.as_str()?.to_string(), t.clone())),
-                _ => None,
-            }
-        })
-        .collect()
+/// The watched source's part of the plan ([`Plan`]): what each new file runs, and what runs on
+/// every recording so far. Read from the kinds' declared partitioning, never from their names.
+#[derive(Debug, Clone)]
+struct WatchPlan {
+    /// Stages of the watched source's segment: run once per file.
+    segment: Vec<String>,
+    /// Segment stages read by gathered stages: their per-file checkpoints are what a refit reads.
+    gather_points: Vec<String>,
+    /// Stages that need every row (training, sinks writing one file) and everything after them.
+    gathered: Vec<String>,
 }
 
-/// Debounce state of the training stages.
+impl WatchPlan {
+    fn of(p: &Pipeline, source: &str) -> Result<WatchPlan> {
+        let plan = Plan::of(p);
+        let seg = plan.segment_of_source(source).ok_or_else(|| Error::msg(format!("no stage `{source}` to watch")))?;
+        let names = |ix: &[usize]| ix.iter().map(|&i| p.stages[i].name.clone()).collect::<Vec<_>>();
+        Ok(WatchPlan { segment: names(&seg.stages), gather_points: names(&seg.gather_points), gathered: names(&plan.gathered) })
+    }
+
+    /// Keeps only the watched segment: one file's increment.
+    fn restrict_to_segment(&self, p: &mut Pipeline) {
+        let keep: Vec<bool> = p.stages.iter().map(|s| self.segment.contains(&s.name)).collect();
+        p.retain(&keep);
+    }
+}
+
+/// Debounce state of the gathered stages.
 struct Refit {
-    stages: Vec<(String, String, toml::Table)>,
+    plan: Option<WatchPlan>,
     pending_rows: u64,
     last_fit: Instant,
+    /// The newest file that ran cleanly: the pipeline is validated against it for a refit.
+    last_ok: Option<PathBuf>,
 }
 
 impl Refit {
-    /// Fits every training stage on the checkpoints its input produced for every `ok` recording
-    /// of the ledger: a small pipeline (source.parquet over those checkpoints -> the stage as
-    /// written) whose artifacts go to `models/<stage>/v<NNNN>/`. Returns the versions written.
-    fn fit(&mut self, file: &Path, text: &str, run_dir: &Path, rt: &tokio::runtime::Runtime) -> Result<Vec<String>> {
-        let doc: toml::Table = text.parse().map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
-        let section = doc.get("pipeline").and_then(|v| v.as_table()).cloned().unwrap_or_default();
+    /// Runs every gathered stage on the checkpoints its gather points produced for every `ok`
+    /// recording of the ledger, in arrival order: the pipeline itself, with the gather points
+    /// reading those checkpoints instead of computing, and each gathered stage's artifacts in a
+    /// new version folder `models/<stage>/v<NNNN>/`. Returns the versions written.
+    fn fit(&mut self, file: &Path, text: &str, stage: &str, run_dir: &Path, rt: &tokio::runtime::Runtime) -> Result<Vec<String>> {
+        let (Some(plan), Some(last_ok)) = (&self.plan, &self.last_ok) else { return Ok(Vec::new()) };
+        let mut p = pipeline::parse_str_with(file, text, &[(stage.to_string(), vec![last_ok.clone()])]).map_err(Error::Invalid)?;
         let ledger = read_ledger(run_dir);
-        let mut written = Vec::new();
-        for (name, input, table) in &self.stages {
-            let mut parts: Vec<String> = Vec::new();
+        let mut recordings = 0;
+        for point in &plan.gather_points {
+            let mut cps: Vec<Checkpoint> = Vec::new();
             for e in ledger.iter().filter(|e| e.status == "ok") {
-                if let Some(cp) = e.checkpoints.get(input) {
-                    let pattern = Path::new(cp).join("part-*.parquet");
-                    let pattern = pattern.to_string_lossy().to_string();
-                    if glob::glob(&pattern).map(|mut g| g.next().is_some()).unwrap_or(false) && !parts.contains(&pattern) {
-                        parts.push(pattern);
-                    }
+                let Some(dir) = e.checkpoints.get(point) else { continue };
+                if cps.iter().any(|c| c.dir == Path::new(dir)) {
+                    continue;
+                }
+                if let Ok(manifest) = checkpoint::read_manifest(Path::new(dir)) {
+                    cps.push(Checkpoint { dir: PathBuf::from(dir), manifest });
                 }
             }
-            if parts.is_empty() {
-                continue;
+            if cps.is_empty() {
+                return Ok(Vec::new());
             }
+            recordings = recordings.max(cps.len());
+            let i = p.index_of(point).expect("gather point of this pipeline");
+            p.read_from_checkpoints(i, cps);
+        }
+        // Keep the gathered stages and what they read (the gather points now read checkpoints).
+        let mut keep: Vec<bool> = p.stages.iter().map(|s| plan.gathered.contains(&s.name)).collect();
+        for i in (0..p.stages.len()).rev() {
+            if keep[i] {
+                for &j in &p.stages[i].inputs {
+                    keep[j] = true;
+                }
+            }
+        }
+        p.retain(&keep);
+        p.set_run_dir(run_dir.join("refit"));
+        let mut versions = Vec::new();
+        for name in &plan.gathered {
             let models = run_dir.join("models").join(name);
             let version = (1..).find(|v| !models.join(format!("v{v:04}")).exists()).unwrap_or(1);
-            let out = models.join(format!("v{version:04}"));
-            let mut stage = table.clone();
-            stage.insert("artifacts".into(), toml::Value::String(out.to_string_lossy().to_string()));
-            let mut src = toml::Table::new();
-            src.insert("kind".into(), "source.parquet".into());
-            src.insert("paths".into(), toml::Value::Array(parts.iter().map(|p| toml::Value::String(p.clone())).collect()));
-            let mut stages = toml::Table::new();
-            stages.insert(input.clone(), toml::Value::Table(src));
-            stages.insert(name.clone(), toml::Value::Table(stage));
-            let mut pipe = toml::Table::new();
-            let mut sec = toml::Table::new();
-            sec.insert("name".into(), format!("{}-refit", section.get("name").and_then(|v| v.as_str()).unwrap_or("pipeline")).into());
-            if let Some(seed) = section.get("seed") {
-                sec.insert("seed".into(), seed.clone());
-            }
-            pipe.insert("pipeline".into(), toml::Value::Table(sec));
-            pipe.insert("stages".into(), toml::Value::Table(stages));
-            let synth = toml::to_string(&pipe).map_err(|e| Error::msg(e.to_string()))?;
-            let mut p = pipeline::parse_str(file, &synth).map_err(Error::Invalid)?;
-            p.set_run_dir(run_dir.join("refit"));
-            let report = rt.block_on(run_pipeline(&p, &RunOptions { mode: Mode::Run, quiet: true, lock: false }))?;
-            if !report.ok {
-                let why: Vec<String> = report.stages.iter().filter_map(|s| s.error.clone()).collect();
-                return Err(Error::msg(format!("refitting `{name}` on {} recordings: {}", parts.len(), why.join("; "))));
-            }
-            written.push(format!("{name} v{version:04} ({} recordings)", parts.len()));
+            let i = p.index_of(name).expect("gathered stage kept");
+            p.set_artifacts_dir(i, models.join(format!("v{version:04}")));
+            versions.push((name.clone(), version, models.join(format!("v{version:04}"))));
+        }
+        p.refresh_schemas(0)?;
+        let report = rt.block_on(run_pipeline(&p, &RunOptions { mode: Mode::Run, quiet: true, lock: false }))?;
+        if !report.ok {
+            let why: Vec<String> = report.stages.iter().filter_map(|s| s.error.clone().map(|e| format!("stage `{}`: {e}", s.name))).collect();
+            return Err(Error::msg(format!("refitting on {recordings} recordings: {}", why.join("; "))));
         }
         self.pending_rows = 0;
         self.last_fit = Instant::now();
-        Ok(written)
+        Ok(versions
+            .into_iter()
+            .filter(|(_, _, dir)| dir.exists())
+            .map(|(name, v, _)| format!("{name} v{v:04} ({recordings} recordings)"))
+            .collect())
     }
 }
 
@@ -195,7 +210,7 @@ pub fn watch(file: &Path, opts: &WatchOptions) -> Result<i32> {
     };
     // Validate everything that can be validated now, with the first file that reads. Problems of
     // the watched files themselves are not the pipeline's: those files are quarantined one by one.
-    let source_only = |d: &crate::pipeline::diag::Diagnostics| d.iter().all(|x| x.message.starts_with(&format!("stage `{stage}`: ")));
+    let source_only = |d: &crate::diag::Diagnostics| d.iter().all(|x| x.message.starts_with(&format!("stage `{stage}`: ")));
     let mut last = None;
     for candidate in list_candidates(&spec.folder, &spec.pattern).into_iter().take(20) {
         match pipeline::parse_str_with(file, &text, &[(stage.clone(), vec![candidate])]) {
@@ -260,11 +275,11 @@ fn run_dir_of(file: &Path, text: &str, probe: &Option<Pipeline>, opts: &WatchOpt
     }
 }
 
-fn watch_loop(file: &Path, text: &str, stage: &str, spec: &crate::stages::WatchSource, probe: Option<Pipeline>, opts: &WatchOptions) -> Result<i32> {
+fn watch_loop(file: &Path, text: &str, stage: &str, spec: &crate::stage::WatchSource, probe: Option<Pipeline>, opts: &WatchOptions) -> Result<i32> {
     // Absolute paths in the ledger, whatever the working directory of a later reader.
     let run_dir = std::path::absolute(run_dir_of(file, text, &probe, opts)).map_err(|e| Error::msg(e.to_string()))?;
     let folder = std::path::absolute(&spec.folder).map_err(|e| Error::io(&spec.folder, e))?;
-    let spec = &crate::stages::WatchSource { folder, pattern: spec.pattern.clone() };
+    let spec = &crate::stage::WatchSource { folder, pattern: spec.pattern.clone() };
     let _lock = RunLock::acquire(&run_dir)?;
     let say = |s: String| {
         if !opts.quiet {
@@ -300,18 +315,25 @@ fn watch_loop(file: &Path, text: &str, stage: &str, spec: &crate::stages::WatchS
     let mut seen: HashMap<PathBuf, Seen> = HashMap::new();
     let mut last_activity = Instant::now();
     let mut failed_any = false;
-    let mut refit = Refit { stages: training_stages(text), pending_rows: 0, last_fit: Instant::now() };
-    if !refit.stages.is_empty() {
-        say(format!(
-            "neurostream: training stages {} refit every {} new rows or {:.0} s, versions in {}",
-            refit.stages.iter().map(|t| format!("`{}`", t.0)).collect::<Vec<_>>().join(", "),
-            opts.refit_rows,
-            opts.refit_after.as_secs_f64(),
-            run_dir.join("models").display()
-        ));
+    let mut refit = Refit { plan: None, pending_rows: 0, last_fit: Instant::now(), last_ok: None };
+    let announce = |plan: &WatchPlan| {
+        if !plan.gathered.is_empty() {
+            say(format!(
+                "neurostream: stages that need every row ({}) refit every {} new rows or {:.0} s, versions in {}",
+                plan.gathered.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
+                opts.refit_rows,
+                opts.refit_after.as_secs_f64(),
+                run_dir.join("models").display()
+            ));
+        }
+    };
+    if let Some(p) = &probe {
+        let plan = WatchPlan::of(p, stage)?;
+        announce(&plan);
+        refit.plan = Some(plan);
     }
     let do_refit = |refit: &mut Refit| -> Result<()> {
-        for v in refit.fit(file, text, &run_dir, &rt)? {
+        for v in refit.fit(file, text, stage, &run_dir, &rt)? {
             say(format!("  refit: {v}"));
         }
         Ok(())
@@ -376,9 +398,17 @@ fn watch_loop(file: &Path, text: &str, stage: &str, spec: &crate::stages::WatchS
                 }
                 continue;
             }
-            let entry = ingest_one(file, text, stage, &path, &hash, size, &run_dir, &quarantine, opts, &rt)?;
+            let (entry, plan) = ingest_one(file, text, stage, &path, &hash, size, &run_dir, &quarantine, &rt)?;
+            if refit.plan.is_none() {
+                if let Some(plan) = plan {
+                    announce(&plan);
+                    refit.plan = Some(plan);
+                }
+            }
             if entry.status == "ok" {
-                refit.pending_rows += refit.stages.iter().map(|(_, input, _)| rows_of(&entry, input)).max().unwrap_or(0);
+                refit.last_ok = Some(path.clone());
+                let points = refit.plan.as_ref().map(|p| p.gather_points.clone()).unwrap_or_default();
+                refit.pending_rows += points.iter().map(|point| rows_of(&entry, point)).max().unwrap_or(0);
             }
             say(format!("  {}: {}{}", path.display(), entry.status, entry.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()));
             if entry.status == "failed" {
@@ -414,7 +444,7 @@ fn rows_of(entry: &LedgerEntry, stage: &str) -> u64 {
     entry
         .checkpoints
         .get(stage)
-        .and_then(|cp| super::checkpoint::read_manifest(Path::new(cp)).ok())
+        .and_then(|cp| crate::checkpoint::read_manifest(Path::new(cp)).ok())
         .map(|m| m.rows)
         .unwrap_or(0)
 }
@@ -429,9 +459,8 @@ fn ingest_one(
     size: u64,
     run_dir: &Path,
     quarantine: &Path,
-    opts: &WatchOptions,
     rt: &tokio::runtime::Runtime,
-) -> Result<LedgerEntry> {
+) -> Result<(LedgerEntry, Option<WatchPlan>)> {
     let mut entry = LedgerEntry {
         path: path.display().to_string(),
         blake3: hash.to_string(),
@@ -448,18 +477,17 @@ fn ingest_one(
         Err(d) => {
             // The file does not fit the pipeline (unreadable, or a schema its consumers cannot use).
             quarantine_file(path, hash, quarantine, &d.to_string(), &mut entry)?;
-            return Ok(entry);
+            return Ok((entry, None));
         }
     };
-    let _ = &opts.run_dir; // already resolved into `run_dir`
-    let training: Vec<String> = training_stages(text).into_iter().map(|t| t.0).collect();
-    p.without(&training);
+    let plan = WatchPlan::of(&p, stage)?;
+    plan.restrict_to_segment(&mut p);
     p.set_run_dir(run_dir.to_path_buf());
     let report = rt.block_on(run_pipeline(&p, &RunOptions { mode: Mode::Run, quiet: true, lock: false }))?;
     let source_failures: Vec<String> = report.stage(stage).map(|s| s.failures.iter().map(|f| f.message.clone()).collect()).unwrap_or_default();
     if !source_failures.is_empty() {
         quarantine_file(path, hash, quarantine, &source_failures.join("; "), &mut entry)?;
-        return Ok(entry);
+        return Ok((entry, Some(plan)));
     }
     for s in &report.stages {
         if let Some(cp) = &s.checkpoint {
@@ -479,7 +507,7 @@ fn ingest_one(
         entry.status = "failed".into();
         entry.error = Some(errors.join("; "));
     }
-    Ok(entry)
+    Ok((entry, Some(plan)))
 }
 
 /// Decides the quarantine: writes the error file and fills the entry. The move itself happens after

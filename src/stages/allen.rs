@@ -22,9 +22,9 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ingest::expand_paths;
-use super::schema::{column_list, field, is_numeric, is_string};
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext, TransformOperator};
+use super::ingest::files::expand_paths;
+use crate::stage::columns::{column_list, field, is_numeric, is_string};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::formats::allen::read_ephys_sweeps;
 use crate::simulate::glif::{self, GlifConfig, GlifRunStatus};
@@ -119,6 +119,10 @@ impl StageConfig for IngestAllenSweeps {
 
     fn arity() -> Arity {
         Arity::Source
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
@@ -260,6 +264,10 @@ impl StageConfig for SimulateGlifReplay {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if self.stimulus_names.is_empty() {
@@ -285,9 +293,9 @@ impl StageConfig for SimulateGlifReplay {
                 Err(_) => issues.push(Issue::inputs(format!("the input has no column `{c}` (ingest.allen_sweeps makes it); it has: {}", column_list(input)))),
                 Ok(f) if numeric && !is_numeric(f.data_type()) => issues.push(Issue::inputs(format!("`{c}` must be numeric"))),
                 Ok(f) if !numeric && !is_string(f.data_type()) => issues.push(Issue::inputs(format!("`{c}` must be a string column"))),
-                Ok(f) if unit.is_some() && super::schema::unit_of(f) != unit => issues.push(Issue::inputs(format!(
+                Ok(f) if unit.is_some() && crate::stage::columns::unit_of(f) != unit => issues.push(Issue::inputs(format!(
                     "`{c}` is in {}, but {} is needed",
-                    super::schema::unit_of(f).unwrap_or("no unit"),
+                    crate::stage::columns::unit_of(f).unwrap_or("no unit"),
                     unit.unwrap_or("")
                 ))),
                 _ => {}
@@ -447,6 +455,10 @@ impl StageConfig for EvaluateRegression {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::Gather
+    }
+
     fn output_schema(&self, _ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
         let input = &inputs[0];
         let mut issues = Vec::new();
@@ -455,7 +467,7 @@ impl StageConfig for EvaluateRegression {
             match input.field_with_name(c) {
                 Err(_) => issues.push(Issue::at(&[key], format!("the input has no column `{c}`; it has: {}", column_list(input)))),
                 Ok(f) if numeric && !is_numeric(f.data_type()) => issues.push(Issue::at(&[key], format!("`{c}` must be numeric"))),
-                Ok(f) if !super::schema::is_scalar(f.data_type()) => issues.push(Issue::at(&[key], format!("`{c}` must be a scalar column"))),
+                Ok(f) if !crate::stage::columns::is_scalar(f.data_type()) => issues.push(Issue::at(&[key], format!("`{c}` must be a scalar column"))),
                 _ => {}
             }
         }
@@ -512,7 +524,7 @@ impl TransformOperator for EvaluateOp {
                 })
                 .collect();
             let (y, p): (Vec<f64>, Vec<f64>) = ok.iter().copied().unzip();
-            let s = super::train::regression_scores(&y, &p);
+            let s = super::old_train::regression_scores(&y, &p);
             names.push(scope);
             n.push(ok.len() as i64);
             skipped.push((sel.len() - ok.len()) as i64);

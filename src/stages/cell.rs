@@ -27,9 +27,9 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, LargeList
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, Schema, SchemaRef};
 use rayon::prelude::*;
 
-use super::features::{ipfx_detection_struct, plain_config_struct};
-use super::schema::{field, is_numeric, is_string, require};
-use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
+use super::old_features::{ipfx_detection_struct, plain_config_struct};
+use crate::stage::columns::{field, is_numeric, is_string, require};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::features::cell::{CellFeatureParams, CellFeatures, CellSweep, analyze_sweep, summarize_cell};
 use crate::features::spikes::{SpikeWorkspace, Timebase};
@@ -430,6 +430,11 @@ impl StageConfig for FeaturesCell {
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
     }
+
+    fn partitioning(&self) -> Partitioning {
+        // Cell features need every sweep of the cell.
+        Partitioning::per_unit(self.cell_column.clone())
+    }
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = self.common_issues();
         match self.params().validate() {
@@ -569,6 +574,11 @@ impl StageConfig for FeaturesSubthreshold {
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
     }
+
+    fn partitioning(&self) -> Partitioning {
+        // Cell features need every sweep of the cell.
+        Partitioning::per_unit(self.cell_column.clone())
+    }
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         self.common_issues()
     }
@@ -667,7 +677,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> StageContext {
-        StageContext { name: "t".into(), base_dir: ".".into(), seed: 0, run_dir: ".".into() }
+        StageContext::new("t", ".", 0, ".")
     }
 
     #[test]

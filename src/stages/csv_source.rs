@@ -15,7 +15,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext};
 use crate::error::{Error, Result};
 
 fn d_true() -> bool {
@@ -97,6 +97,10 @@ impl StageConfig for SourceCsv {
 
     fn arity() -> Arity {
         Arity::Source
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {

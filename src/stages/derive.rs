@@ -21,8 +21,8 @@ use arrow::datatypes::{DataType, Float64Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{field, is_numeric, type_name};
-use super::{Arity, Emitter, Issue, Operator, PathSeg, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{field, is_numeric, type_name};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, PathSeg, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 
 /// One derived column.
@@ -73,6 +73,10 @@ impl StageConfig for TransformDerive {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if self.columns.is_empty() {
@@ -107,7 +111,7 @@ impl StageConfig for TransformDerive {
                 // Visible: the input's columns and the ones derived before this one.
                 match fields.iter().find(|f| f.name() == name) {
                     None => {
-                        let hint = crate::pipeline::diag::nearest(name, fields.iter().map(|f| f.name().as_str()))
+                        let hint = crate::diag::nearest(name, fields.iter().map(|f| f.name().as_str()))
                             .map(|n| format!("; did you mean `{n}`?"))
                             .unwrap_or_default();
                         issues.push(Self::issue(i, format!("no column `{name}` in the input or before this one{hint}"), Some(offset)));
@@ -396,7 +400,7 @@ mod tests {
 
     fn run(cfg: &str, batch: RecordBatch) -> std::result::Result<RecordBatch, Vec<Issue>> {
         let cfg: TransformDerive = toml::from_str(cfg).unwrap();
-        let ctx = StageContext { name: "t".into(), base_dir: ".".into(), seed: 0, run_dir: ".".into() };
+        let ctx = StageContext::new("t", ".", 0, ".");
         let issues = cfg.check(&ctx);
         if !issues.is_empty() {
             return Err(issues);
@@ -452,7 +456,7 @@ mod tests {
             assert!((got.unwrap() - (n.sqrt() + 1.0 - n.min(15.0))).abs() < 1e-12);
         }
         let schema = b.schema();
-        assert_eq!(super::super::schema::unit_of(schema.field_with_name("x").unwrap()), Some("1"));
+        assert_eq!(crate::stage::columns::unit_of(schema.field_with_name("x").unwrap()), Some("1"));
         assert_eq!(b.num_columns(), 8);
     }
 

@@ -20,9 +20,9 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::dic::{lists_ms, ms_per_unit, no_clash};
-use super::schema::field;
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext, TransformOperator};
+use super::old_dic::{lists_ms, ms_per_unit, no_clash};
+use crate::stage::columns::field;
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::dic::features::{ActivityClass, extract_features};
 use crate::error::Result;
 
@@ -116,6 +116,10 @@ impl StageConfig for DicTargets {
 
     fn arity() -> Arity {
         Arity::Source
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
@@ -312,6 +316,10 @@ impl StageConfig for FeaturesIsi {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn output_schema(&self, _ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {

@@ -25,8 +25,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::features_trace::{numeric_list, passed_columns, passed_fields, unit_label};
-use super::schema::{as_f64_list, column_list, field, is_numeric, require, row_values, unit_of};
-use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{as_f64_list, column_list, field, is_numeric, require, row_values, unit_of};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::Result;
 use crate::features::membrane::{MembraneFit, NoFit, Scheme, fit_membrane};
 
@@ -116,6 +116,10 @@ impl StageConfig for FeaturesMembrane {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {

@@ -35,8 +35,8 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{as_f64_list, check_rate_column, column_list, field, is_numeric, row_values, unit_of};
-use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{as_f64_list, check_rate_column, column_list, field, is_numeric, row_values, unit_of};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::Result;
 use crate::features::spike_train::basic_spike_train_features;
 
@@ -137,6 +137,10 @@ impl StageConfig for FeaturesTrace {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if self.columns.is_empty() && self.spike_times.is_none() {
@@ -176,7 +180,7 @@ impl StageConfig for FeaturesTrace {
                 Ok(f) if !numeric_list(f.data_type()) => issues.push(Issue::at_index(
                     "columns",
                     i,
-                    format!("`{c}` is {}; a numeric list column is needed", super::schema::type_name(f.data_type())),
+                    format!("`{c}` is {}; a numeric list column is needed", crate::stage::columns::type_name(f.data_type())),
                 )),
                 _ => {}
             }
@@ -186,7 +190,7 @@ impl StageConfig for FeaturesTrace {
                 Err(_) => issues.push(Issue::at(&["spike_times"], format!("the input has no column `{t}`; it has: {}", column_list(input)))),
                 Ok(f) if !numeric_list(f.data_type()) => issues.push(Issue::at(
                     &["spike_times"],
-                    format!("`{t}` is {}; a list of event times is needed", super::schema::type_name(f.data_type())),
+                    format!("`{t}` is {}; a list of event times is needed", crate::stage::columns::type_name(f.data_type())),
                 )),
                 Ok(f) if unit_of(f).is_some_and(|u| u != "s") => {
                     issues.push(Issue::at(&["spike_times"], format!("`{t}` is in {}, but s is needed", unit_of(f).unwrap_or(""))))

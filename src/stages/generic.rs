@@ -9,14 +9,14 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArra
 use arrow::compute::kernels::{boolean, cmp};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{column_list, is_numeric, is_scalar, is_string, type_name};
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{column_list, is_numeric, is_scalar, is_string, type_name};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result, ResultExt};
-use crate::runtime::checkpoint;
+use crate::checkpoint;
+use crate::stage::parquet::ParquetSource;
 
 fn default_batch_rows() -> usize {
     65_536
@@ -69,13 +69,6 @@ impl SourceParquet {
     }
 }
 
-fn read_parquet_schema(path: &std::path::Path) -> Result<SchemaRef> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::parquet(format!("{}: not a readable Parquet file", path.display()), e))?;
-    Ok(builder.schema().clone())
-}
-
 impl StageConfig for SourceParquet {
     const KIND: &'static str = "source.parquet";
     const SUMMARY: &'static str = "Read Parquet files, globs, or another pipeline's checkpoint";
@@ -83,6 +76,10 @@ impl StageConfig for SourceParquet {
 
     fn arity() -> Arity {
         Arity::Source
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
@@ -105,7 +102,7 @@ impl StageConfig for SourceParquet {
         let key = if self.checkpoint.is_some() { "checkpoint" } else { "paths" };
         let mut errors = Vec::new();
         for f in &files {
-            match read_parquet_schema(f) {
+            match crate::stage::parquet::read_schema(f) {
                 Ok(s) => return Ok(s),
                 Err(e) => errors.push(e.to_string()),
             }
@@ -118,7 +115,7 @@ impl StageConfig for SourceParquet {
     }
 
     /// Watchable when it reads one glob whose folder part has no wildcard (`inbox/*.parquet`).
-    fn watch(&self, ctx: &StageContext) -> Option<super::WatchSource> {
+    fn watch(&self, ctx: &StageContext) -> Option<crate::stage::WatchSource> {
         if self.checkpoint.is_some() || self.paths.len() != 1 {
             return None;
         }
@@ -128,7 +125,7 @@ impl StageConfig for SourceParquet {
             return None;
         }
         let pattern = glob::Pattern::new(&full.file_name()?.to_string_lossy()).ok()?;
-        Some(super::WatchSource { folder, pattern })
+        Some(crate::stage::WatchSource { folder, pattern })
     }
 
     fn restrict_to(&self, files: &[PathBuf]) -> Option<Self> {
@@ -155,79 +152,6 @@ impl StageConfig for SourceParquet {
     }
 }
 
-/// Streams the row groups of a list of Parquet files, one batch per call.
-pub struct ParquetSource {
-    pub(crate) files: Vec<PathBuf>,
-    pub(crate) next_file: usize,
-    pub(crate) reader: Option<(PathBuf, ParquetRecordBatchReader)>,
-    pub(crate) batch_rows: usize,
-    pub(crate) schema: SchemaRef,
-}
-
-impl ParquetSource {
-    pub fn new(files: Vec<PathBuf>, batch_rows: usize, schema: SchemaRef) -> Self {
-        ParquetSource { files, next_file: 0, reader: None, batch_rows, schema }
-    }
-}
-
-impl SourceOperator for ParquetSource {
-    /// One batch per call. A file that cannot be read (corrupt, truncated, vanished, unexpected
-    /// schema) fails as one recording named by its path; the other files still flow.
-    fn next(&mut self, out: &mut Emitter) -> Result<bool> {
-        loop {
-            if let Some((path, reader)) = &mut self.reader {
-                let path = path.clone();
-                match reader.next() {
-                    Some(Ok(batch)) => {
-                        if !super::schema::same_columns(batch.schema().as_ref(), &self.schema) {
-                            self.reader = None;
-                            out.fail(
-                                path.display().to_string(),
-                                format!(
-                                    "unexpected schema: columns {} where {} were expected",
-                                    column_list(&batch.schema()),
-                                    column_list(&self.schema)
-                                ),
-                            );
-                            return Ok(true);
-                        }
-                        // Keep the declared schema (with its unit metadata) on every batch.
-                        match RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec()) {
-                            Ok(b) => out.emit(b),
-                            Err(e) => {
-                                self.reader = None;
-                                out.fail(path.display().to_string(), format!("does not fit the expected schema: {e}"));
-                            }
-                        }
-                        return Ok(true);
-                    }
-                    Some(Err(e)) => {
-                        self.reader = None;
-                        out.fail(path.display().to_string(), format!("not a readable Parquet file: {e}"));
-                        return Ok(true);
-                    }
-                    None => self.reader = None,
-                }
-            }
-            if self.next_file >= self.files.len() {
-                return Ok(false);
-            }
-            let path = self.files[self.next_file].clone();
-            self.next_file += 1;
-            let opened = File::open(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).and_then(|b| b.with_batch_size(self.batch_rows).build()).map_err(|e| e.to_string()));
-            match opened {
-                Ok(reader) => self.reader = Some((path, reader)),
-                Err(e) => {
-                    out.fail(path.display().to_string(), format!("not a readable Parquet file: {e}"));
-                    return Ok(true);
-                }
-            }
-        }
-    }
-}
-
 /// Exports its input to one Parquet file (zstd), written whole and renamed into place.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +166,10 @@ impl StageConfig for SinkParquet {
     const CODE_VERSION: u32 = 1;
     fn arity() -> Arity {
         Arity::Sink { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::Gather
     }
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         if self.path.trim().is_empty() { vec![Issue::at(&["path"], "path must not be empty")] } else { vec![] }
@@ -271,6 +199,10 @@ impl StageConfig for SinkCsv {
     const CODE_VERSION: u32 = 1;
     fn arity() -> Arity {
         Arity::Sink { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::Gather
     }
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         if self.path.trim().is_empty() { vec![Issue::at(&["path"], "path must not be empty")] } else { vec![] }
@@ -335,7 +267,7 @@ impl FileSink {
         let file = File::create(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?;
         self.writer = Some(match self.format {
             SinkFormat::Parquet => SinkWriter::Parquet(
-                ArrowWriter::try_new(file, self.schema.clone(), Some(crate::runtime::checkpoint::writer_properties()))
+                ArrowWriter::try_new(file, self.schema.clone(), Some(crate::stage::parquet::writer_properties()))
                     .map_err(|e| Error::parquet(self.path.display().to_string(), e))?,
             ),
             SinkFormat::Csv => SinkWriter::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(file)),
@@ -352,7 +284,7 @@ impl TransformOperator for FileSink {
             SinkWriter::Parquet(w) => {
                 w.write(&batch).map_err(|e| Error::parquet(path.clone(), e))?;
                 // Cut row groups by size too: rows of long traces would otherwise buffer gigabytes.
-                if w.in_progress_size() >= crate::runtime::checkpoint::ROW_GROUP_BYTES {
+                if w.in_progress_size() >= crate::stage::parquet::ROW_GROUP_BYTES {
                     w.flush().map_err(|e| Error::parquet(path, e))?;
                 }
                 Ok(())
@@ -403,7 +335,7 @@ impl Select {
         let check = |key: &str, cols: &[String], issues: &mut Vec<Issue>| {
             for (i, c) in cols.iter().enumerate() {
                 if schema.index_of(c).is_err() {
-                    let hint = crate::pipeline::diag::nearest(c, schema.fields().iter().map(|f| f.name().as_str()))
+                    let hint = crate::diag::nearest(c, schema.fields().iter().map(|f| f.name().as_str()))
                         .map(|n| format!("; did you mean `{n}`?"))
                         .unwrap_or_else(|| format!("; the input has {}", column_list(schema)));
                     issues.push(Issue::at_index(key, i, format!("no column `{c}` in the input{hint}")));
@@ -429,6 +361,10 @@ impl StageConfig for Select {
     const CODE_VERSION: u32 = 1;
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
@@ -485,10 +421,14 @@ impl StageConfig for Filter {
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
     }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         match predicate::parse(&self.predicate) {
             Ok(_) => vec![],
-            Err((offset, msg)) => vec![Issue { path: vec![super::PathSeg::Key("where".into())], message: msg, offset: Some(offset) }],
+            Err((offset, msg)) => vec![Issue { path: vec![crate::stage::PathSeg::Key("where".into())], message: msg, offset: Some(offset) }],
         }
     }
     fn output_schema(&self, _ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
@@ -498,7 +438,7 @@ impl StageConfig for Filter {
         let issues: Vec<Issue> = expr
             .type_check(&inputs[0])
             .into_iter()
-            .map(|(offset, msg)| Issue { path: vec![super::PathSeg::Key("where".into())], message: msg, offset: Some(offset) })
+            .map(|(offset, msg)| Issue { path: vec![crate::stage::PathSeg::Key("where".into())], message: msg, offset: Some(offset) })
             .collect();
         if issues.is_empty() { Ok(inputs[0].clone()) } else { Err(issues) }
     }
@@ -740,7 +680,7 @@ pub mod predicate {
                 Expr::Not(a) => a.walk_check(schema, out),
                 Expr::IsNull { column, offset, .. } | Expr::Compare { column, offset, .. } => {
                     let Ok(f) = schema.field_with_name(column) else {
-                        let hint = crate::pipeline::diag::nearest(column, schema.fields().iter().map(|f| f.name().as_str()))
+                        let hint = crate::diag::nearest(column, schema.fields().iter().map(|f| f.name().as_str()))
                             .map(|n| format!("; did you mean `{n}`?"))
                             .unwrap_or_default();
                         out.push((*offset, format!("no column `{column}` in the input{hint}")));

@@ -19,8 +19,8 @@ use arrow::datatypes::{DataType, Float64Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{column_list, field, is_numeric, is_scalar};
-use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{column_list, field, is_numeric, is_scalar};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 
 /// An aggregate.
@@ -75,6 +75,10 @@ impl StageConfig for FeaturesGroupStats {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::per_unit(self.group.clone())
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if self.features.is_empty() {
@@ -113,7 +117,7 @@ impl StageConfig for FeaturesGroupStats {
             }
             let unit = match f.stat {
                 Stat::Count => None,
-                _ => input.field_with_name(&f.column).ok().and_then(|fd| super::schema::unit_of(fd).map(str::to_string)),
+                _ => input.field_with_name(&f.column).ok().and_then(|fd| crate::stage::columns::unit_of(fd).map(str::to_string)),
             };
             fields.push(field(&f.name, DataType::Float64, true, unit.as_deref()));
         }
@@ -257,7 +261,7 @@ features = [
 ]"#,
         )
         .unwrap();
-        let ctx = StageContext { name: "t".into(), base_dir: ".".into(), seed: 0, run_dir: ".".into() };
+        let ctx = StageContext::new("t", ".", 0, ".");
         let out_schema = cfg.output_schema(&ctx, std::slice::from_ref(&schema)).unwrap();
         let Operator::Transform(mut op) = cfg.build(&ctx, &[schema], &out_schema).unwrap() else { panic!() };
         let mut out = Emitter::default();

@@ -39,8 +39,8 @@ use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{check_rate_column, column_list, f64_list_rows, field, is_numeric, type_name, unit_of};
-use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{check_rate_column, column_list, f64_list_rows, field, is_numeric, type_name, unit_of};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::preprocess::butterworth::{Band, Sos, SosState, butter_sos};
 use crate::preprocess::resample::{Padding, Resampler, rational_ratio};
@@ -248,6 +248,11 @@ impl StageConfig for PreprocessFilter {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        // One recording at a time, whole (its rows may arrive in several batches).
+        Partitioning::per_unit("recording_id")
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
@@ -486,6 +491,11 @@ impl StageConfig for PreprocessResample {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        // One recording at a time, whole (its rows may arrive in several batches).
+        Partitioning::per_unit("recording_id")
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if !(self.output_rate_hz.is_finite() && self.output_rate_hz > 0.0) {
@@ -641,6 +651,11 @@ impl StageConfig for PreprocessWindow {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        // One recording at a time, whole (its rows may arrive in several batches).
+        Partitioning::per_unit("recording_id")
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {

@@ -22,8 +22,8 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{f32_trace, field};
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext};
+use crate::stage::columns::{f32_trace, field};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext};
 use crate::error::{Error, Result};
 use crate::simulate::hh::{self, HhDrive, HhParams, HhRun, Interpolation, Waveform};
 use crate::simulate::stimulus::StimulusSpec;
@@ -209,6 +209,10 @@ impl StageConfig for SimulateHh {
 
     fn arity() -> Arity {
         Arity::Source
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
@@ -438,6 +442,6 @@ mod tests {
     }
 
     fn ctx() -> StageContext {
-        StageContext { name: "hh".into(), base_dir: ".".into(), seed: 0, run_dir: ".".into() }
+        StageContext::new("hh", ".", 0, ".")
     }
 }

@@ -27,9 +27,9 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ingest::{check_file_source, content_id, source_files};
-use super::schema::{field, is_numeric, is_scalar, is_string, require};
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext, TransformOperator};
+use super::ingest::files::{check_file_source, content_id, source_files};
+use crate::stage::columns::{field, is_numeric, is_scalar, is_string, require};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::features::units::{UnitFeatureParams, UnitFeatures, unit_features};
 use crate::formats::matlab::{CellExplorerUnit, read_cell_metrics};
@@ -112,6 +112,10 @@ impl StageConfig for IngestCellExplorer {
 
     fn arity() -> Arity {
         Arity::Source
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
@@ -347,6 +351,10 @@ impl StageConfig for FeaturesUnits {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if let Some(sr) = self.sampling_rate_hz
@@ -509,7 +517,7 @@ mod tests {
         assert!(toml::from_str::<FeaturesUnits>("sampling_rate = 20000").is_err());
         let bad: FeaturesUnits =
             toml::from_str("sampling_rate_hz = -1\nexclude_intervals_s = [[2.0, 1.0]]\nacg_fit_max_iterations = 0").unwrap();
-        let ctx = StageContext { name: "t".into(), base_dir: ".".into(), seed: 0, run_dir: ".".into() };
+        let ctx = StageContext::new("t", ".", 0, ".");
         assert_eq!(bad.check(&ctx).len(), 3);
     }
 }

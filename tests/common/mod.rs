@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use neurostream::runtime::RunReport;
-use neurostream::runtime::checkpoint;
+use neurostream::checkpoint;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_neurostream")

@@ -38,9 +38,9 @@ use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ingest::{check_file_source, content_id, source_files};
-use super::schema::{UNIT_KEY, column_list, field, is_string, unit_of};
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext, TransformOperator};
+use super::ingest::files::{check_file_source, content_id, source_files};
+use crate::stage::columns::{UNIT_KEY, column_list, field, is_string, unit_of};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::formats::matlab::{ImageClasses, read_class_assignment_csv, read_class_assignment_mat, read_natimg2800};
 
@@ -431,7 +431,7 @@ fn need_column(input: &Schema, column: &str, what: &str, accept: fn(&DataType) -
         Err(_) => issues.push(Issue::at(&[key], format!("the input has no column `{column}` ({what}); it has: {}", column_list(input)))),
         Ok(f) if !accept(f.data_type()) => issues.push(Issue::at(
             &[key],
-            format!("column `{column}` is {}; {what} is needed", super::schema::type_name(f.data_type())),
+            format!("column `{column}` is {}; {what} is needed", crate::stage::columns::type_name(f.data_type())),
         )),
         _ => {}
     }
@@ -522,6 +522,10 @@ impl StageConfig for IngestNatImg {
 
     fn arity() -> Arity {
         Arity::Source
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
@@ -693,6 +697,11 @@ impl StageConfig for PreprocessSpontaneous {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        // One recording at a time, whole (its rows may arrive in several batches).
+        Partitioning::per_unit("recording_id")
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
@@ -878,10 +887,7 @@ impl PreprocessVoxelize {
         }
     }
     fn artifacts_dir(&self, ctx: &StageContext) -> PathBuf {
-        match &self.artifacts {
-            Some(p) => ctx.resolve(p),
-            None => ctx.run_dir.join("artifacts").join(&ctx.name),
-        }
+        ctx.artifacts_dir(self.artifacts.as_deref())
     }
 }
 
@@ -893,6 +899,11 @@ impl StageConfig for PreprocessVoxelize {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        // One recording at a time, whole (its rows may arrive in several batches).
+        Partitioning::per_unit("recording_id")
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {

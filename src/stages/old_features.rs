@@ -46,8 +46,8 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{field, is_numeric, is_string, require};
-use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{field, is_numeric, is_string, require};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::features::spike_train::{SpikeTrainFeatures, basic_spike_train_features, spike_train_features};
 use crate::features::spikes::{
@@ -150,52 +150,52 @@ macro_rules! ipfx_detection_struct {
             /// Cutoff of the 4-pole Bessel low-pass (forward-backward) applied before dV/dt (IPFX
             /// `filter`, 10), or "none". Must be below half the sampling rate: use "none" or e.g. 5
             /// for 20 kHz recordings [kHz].
-            #[serde(default = "crate::stages::features::d_filter")]
-            pub filter_khz: crate::stages::features::Cutoff,
+            #[serde(default = "crate::stages::old_features::d_filter")]
+            pub filter_khz: crate::stages::old_features::Cutoff,
             /// dV/dt whose up-crossing marks a putative spike (IPFX `dv_cutoff`, 20) [V/s].
-            #[serde(default = "crate::stages::features::defaults::dv_cutoff_v_per_s")]
+            #[serde(default = "crate::stages::old_features::defaults::dv_cutoff_v_per_s")]
             pub dv_cutoff_v_per_s: f64,
             /// Longest threshold-to-peak time (IPFX `max_interval`, 0.005) [s].
-            #[serde(default = "crate::stages::features::defaults::max_interval_s")]
+            #[serde(default = "crate::stages::old_features::defaults::max_interval_s")]
             pub max_interval_s: f64,
             /// Smallest threshold-to-peak height (IPFX `min_height`, 2) [mV].
-            #[serde(default = "crate::stages::features::defaults::min_height_mv")]
+            #[serde(default = "crate::stages::old_features::defaults::min_height_mv")]
             pub min_height_mv: f64,
             /// Smallest peak voltage (IPFX `min_peak`, -30) [mV].
-            #[serde(default = "crate::stages::features::defaults::min_peak_mv")]
+            #[serde(default = "crate::stages::old_features::defaults::min_peak_mv")]
             pub min_peak_mv: f64,
             /// Threshold at this fraction of the mean maximum upstroke (IPFX `thresh_frac`, 0.05) [1].
-            #[serde(default = "crate::stages::features::defaults::thresh_frac")]
+            #[serde(default = "crate::stages::old_features::defaults::thresh_frac")]
             pub thresh_frac: f64,
             /// Reject spikes within this time after the window start, 0 = off (IPFX
             /// `reject_at_stim_start_interval`, 0) [s].
-            #[serde(default = "crate::stages::features::defaults::reject_at_stim_start_interval_s")]
+            #[serde(default = "crate::stages::old_features::defaults::reject_at_stim_start_interval_s")]
             pub reject_at_stim_start_interval_s: f64,
             /// The last spike is clipped unless V returns to threshold + this (IPFX `tol`, 1) [mV].
-            #[serde(default = "crate::stages::features::defaults::clip_tolerance_mv")]
+            #[serde(default = "crate::stages::old_features::defaults::clip_tolerance_mv")]
             pub clip_tolerance_mv: f64,
             /// Cutoff of the heavier Bessel filter for the ADP search (IPFX `heavy_filter`, 1), or
             /// "none" [kHz].
-            #[serde(default = "crate::stages::features::d_heavy")]
-            pub heavy_filter_khz: crate::stages::features::Cutoff,
+            #[serde(default = "crate::stages::old_features::d_heavy")]
+            pub heavy_filter_khz: crate::stages::old_features::Cutoff,
             /// Fast trough at dV/dt >= this fraction of the downstroke (IPFX `term_frac`, 0.01) [1].
-            #[serde(default = "crate::stages::features::defaults::term_frac")]
+            #[serde(default = "crate::stages::old_features::defaults::term_frac")]
             pub term_frac: f64,
             /// Heavy-filtered dV/dt that starts an ADP (IPFX `adp_thresh`, 0.5) [V/s].
-            #[serde(default = "crate::stages::features::defaults::adp_thresh_v_per_s")]
+            #[serde(default = "crate::stages::old_features::defaults::adp_thresh_v_per_s")]
             pub adp_thresh_v_per_s: f64,
             /// Minimum drop for a "detour" reset (IPFX trough-details `tol`, 0.5) [mV].
-            #[serde(default = "crate::stages::features::defaults::detour_tolerance_mv")]
+            #[serde(default = "crate::stages::old_features::defaults::detour_tolerance_mv")]
             pub detour_tolerance_mv: f64,
             /// The ADP rise must start within this time of the fast trough (IPFX `flat_interval`,
             /// 0.002) [s].
-            #[serde(default = "crate::stages::features::defaults::flat_interval_s")]
+            #[serde(default = "crate::stages::old_features::defaults::flat_interval_s")]
             pub flat_interval_s: f64,
             /// Largest fast-trough-to-ADP time (IPFX `adp_max_delta_t`, 0.005) [s].
-            #[serde(default = "crate::stages::features::defaults::adp_max_delta_t_s")]
+            #[serde(default = "crate::stages::old_features::defaults::adp_max_delta_t_s")]
             pub adp_max_delta_t_s: f64,
             /// Largest fast-trough-to-ADP rise (IPFX `adp_max_delta_v`, 10) [mV].
-            #[serde(default = "crate::stages::features::defaults::adp_max_delta_v_mv")]
+            #[serde(default = "crate::stages::old_features::defaults::adp_max_delta_v_mv")]
             pub adp_max_delta_v_mv: f64,
         }
 
@@ -828,6 +828,10 @@ impl StageConfig for FeaturesSpikes {
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
     }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         self.issues()
     }
@@ -908,6 +912,10 @@ impl StageConfig for FeaturesSweep {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         self.issues()
@@ -1032,8 +1040,8 @@ mod tests {
             field("recording_id", DataType::Utf8, false, None),
             field("sweep", DataType::Int64, false, None),
             field("sampling_rate_hz", DataType::Float64, false, Some("Hz")),
-            super::super::schema::f32_trace("stimulus", "pA"),
-            super::super::schema::f32_trace("response", "mV"),
+            crate::stage::columns::f32_trace("stimulus", "pA"),
+            crate::stage::columns::f32_trace("response", "mV"),
             field("model_spike_times", DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, false))), true, Some("s")),
         ]));
         let item = Field::new("item", DataType::Float32, false);
@@ -1046,8 +1054,8 @@ mod tests {
                 Arc::new(StringArray::from(vec!["r"; n])),
                 Arc::new(Int64Array::from_iter_values(0..n as i64)),
                 Arc::new(Float64Array::from(rates.to_vec())),
-                Arc::new(super::super::ingest::f32_list_array(&item, &refs(stimuli)).unwrap()),
-                Arc::new(super::super::ingest::f32_list_array(&item, &refs(responses)).unwrap()),
+                Arc::new(crate::stage::columns::f32_list_array(&item, &refs(stimuli)).unwrap()),
+                Arc::new(crate::stage::columns::f32_list_array(&item, &refs(responses)).unwrap()),
                 Arc::new(mb.finish()),
             ],
         )
@@ -1055,7 +1063,7 @@ mod tests {
     }
 
     fn ctx() -> StageContext {
-        StageContext { name: "t".into(), base_dir: ".".into(), seed: 0, run_dir: ".".into() }
+        StageContext::new("t", ".", 0, ".")
     }
 
     fn run_transform<C: StageConfig>(cfg: &C, batch: RecordBatch) -> Emitter {

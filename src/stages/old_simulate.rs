@@ -40,8 +40,8 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{f32_trace, field};
-use super::{Arity, Emitter, Issue, Operator, PathSeg, SourceOperator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{f32_trace, field};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, PathSeg, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::simulate::glif::{self, GlifConfig, GlifOutput, GlifRunStatus, GlifSpikes, ThresholdDynamics, ThresholdReset};
 use crate::simulate::stg;
@@ -937,6 +937,10 @@ impl StageConfig for SimulateGlif {
         Arity::Source
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         let bases = match self.load_bases(ctx) {
@@ -1458,6 +1462,10 @@ impl StageConfig for SimulateStg {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if !(self.dt_ms.is_finite() && self.dt_ms > 0.0 && self.dt_ms <= 0.025) {
@@ -1494,7 +1502,7 @@ impl StageConfig for SimulateStg {
         let input_name = "inputs[0]";
         let mut issues = Vec::new();
         for c in &self.conductance_columns {
-            if let Err(i) = super::schema::require(input, input_name, c, "a numeric column", |t| t.is_numeric(), None, &["conductance_columns"]) {
+            if let Err(i) = crate::stage::columns::require(input, input_name, c, "a numeric column", |t| t.is_numeric(), None, &["conductance_columns"]) {
                 issues.push(i);
             }
         }
@@ -1646,7 +1654,7 @@ mod tests {
             sweep = { params = [{ name = "C", factors = [0.8, 0.9, 1.0, 1.1, 1.2] }, { name = "th_inf", factors = [0.9, 1.1] }] }
         "#;
         let cfg: SimulateGlif = toml::from_str(toml).unwrap();
-        let ctx = StageContext { name: "sim".into(), base_dir: dir.into(), seed: 1, run_dir: std::env::temp_dir() };
+        let ctx = StageContext::new("sim", dir, 1, std::env::temp_dir());
         assert!(cfg.check(&ctx).is_empty(), "{:?}", cfg.check(&ctx));
         let schema = cfg.output_schema(&ctx, &[]).unwrap();
         let Operator::Source(mut op) = cfg.build(&ctx, &[], &schema).unwrap() else { panic!("a source") };
@@ -1675,7 +1683,7 @@ mod tests {
         "#,
         )
         .unwrap();
-        let ctx = StageContext { name: "sim".into(), base_dir: dir.into(), seed: 1, run_dir: std::env::temp_dir() };
+        let ctx = StageContext::new("sim", dir, 1, std::env::temp_dir());
         let issues = cfg.check(&ctx);
         let text: Vec<String> = issues.iter().map(|i| format!("{:?}: {}", i.path, i.message)).collect();
         assert!(text.iter().any(|t| t.contains("dt_stimulus")), "{text:?}");

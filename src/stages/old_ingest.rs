@@ -22,15 +22,16 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, LargeListArray, RecordBatch, StringArray};
-use arrow::buffer::OffsetBuffer;
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{f32_trace, field};
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext};
-use crate::error::{Error, Result};
+use crate::stage::columns::{f32_trace, field};
+use super::ingest::files::{check_file_source, content_id, emit_file_once, single_folder_watch, source_files, streamed_content_id};
+use crate::stage::columns::f32_list_array;
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext};
+use crate::error::Result;
 use crate::formats::abf::{AbfFile, AbfReader};
 
 fn default_hash_hex_chars() -> usize {
@@ -74,63 +75,6 @@ pub struct IngestAbf {
     pub chunks_per_batch: usize,
 }
 
-/// The files a list of paths/globs/folders names, sorted and deduplicated; an issue per entry
-/// that names nothing.
-/// The checks every file-reading source shares, all issues at once: at least one entry in `paths`,
-/// every entry naming a file with `extension` (`what` names it in the message, e.g. "ABF file"),
-/// and a `hash_hex_chars` in 8..=64.
-pub(crate) fn check_file_source(ctx: &StageContext, paths: &[String], extension: &str, what: &str, hash_hex_chars: usize) -> Vec<Issue> {
-    let mut issues = Vec::new();
-    if paths.is_empty() {
-        issues.push(Issue::at(&["paths"], format!("give at least one {what}, glob pattern or folder")));
-    } else if let Err(mut e) = expand_paths(ctx, "paths", paths, extension) {
-        issues.append(&mut e);
-    }
-    if !(8..=64).contains(&hash_hex_chars) {
-        issues.push(Issue::at(&["hash_hex_chars"], format!("{hash_hex_chars} is outside 8..=64 hex digits")));
-    }
-    issues
-}
-
-/// The files of a file-reading source at run time (the first issue becomes the stage's error).
-pub(crate) fn source_files(ctx: &StageContext, paths: &[String], extension: &str) -> Result<Vec<PathBuf>> {
-    expand_paths(ctx, "paths", paths, extension).map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i[0].message)))
-}
-
-pub(crate) fn expand_paths(ctx: &StageContext, key: &str, paths: &[String], extension: &str) -> std::result::Result<Vec<PathBuf>, Vec<Issue>> {
-    let mut files = Vec::new();
-    let mut issues = Vec::new();
-    let has_ext = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension));
-    for (i, pattern) in paths.iter().enumerate() {
-        let full = ctx.resolve(pattern);
-        let before = files.len();
-        let listed = if full.is_dir() {
-            std::fs::read_dir(&full)
-                .map(|entries| files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file() && has_ext(p))))
-                .map_err(|e| format!("cannot list folder `{}`: {e}", full.display()))
-        } else {
-            glob::glob(&full.to_string_lossy())
-                .map(|matches| files.extend(matches.flatten().filter(|p| p.is_file())))
-                .map_err(|e| format!("bad glob pattern: {e}"))
-        };
-        if let Err(message) = listed {
-            issues.push(Issue::at_index(key, i, message));
-        } else if files.len() == before {
-            let what = if full.is_dir() { format!("no `*.{extension}` file in folder `{}`", full.display()) } else { format!("no file matches `{}`", full.display()) };
-            issues.push(Issue::at_index(key, i, what));
-        }
-    }
-    if !issues.is_empty() {
-        return Err(issues);
-    }
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
-/// The chunk columns added to the sweeps table by `chunk_s`.
-pub const CHUNK_COLUMNS: [&str; 4] = ["chunk", "chunk_start_s", "chunk_end_s", "trace_start_s"];
-
 /// The sweeps-table schema this stage emits with `chunk_s`: [`abf_sweeps_schema`] plus the chunk
 /// position columns.
 pub fn abf_chunked_schema() -> SchemaRef {
@@ -167,6 +111,10 @@ impl StageConfig for IngestAbf {
         Arity::Source
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
         let mut issues = check_file_source(ctx, &self.paths, "abf", "ABF file", self.hash_hex_chars);
         if let Some(c) = self.chunk_s
@@ -193,7 +141,7 @@ impl StageConfig for IngestAbf {
 
     /// A single folder or `folder/*.abf` glob can be watched (`run --watch`): each new recording
     /// is one increment.
-    fn watch(&self, ctx: &StageContext) -> Option<super::WatchSource> {
+    fn watch(&self, ctx: &StageContext) -> Option<crate::stage::WatchSource> {
         single_folder_watch(ctx, &self.paths, "abf")
     }
 
@@ -237,46 +185,6 @@ impl SourceOperator for AbfSource {
         emit_file_once(out, &mut self.seen, &path, read_abf_batch(&path, &self.config, &self.schema));
         Ok(self.next_file < self.files.len())
     }
-}
-
-/// Emits one file's batch unless a byte-identical file was already emitted (same recording id), or
-/// fails that file alone with the reader's message.
-fn emit_file_once(out: &mut Emitter, seen: &mut HashSet<String>, path: &Path, read: std::result::Result<(String, RecordBatch), String>) {
-    let label = path.display().to_string();
-    match read {
-        Ok((id, batch)) => {
-            if seen.insert(id.clone()) {
-                out.emit(batch);
-            } else {
-                tracing::warn!("{label}: same content as an earlier file (recording {id}); skipped");
-            }
-        }
-        Err(message) => out.fail(label, message),
-    }
-}
-
-/// `recording_id` of a file's bytes: the first `hex_chars` hex digits of their blake3 hash.
-pub fn content_id(bytes: &[u8], hex_chars: usize) -> String {
-    let hex = blake3::hash(bytes).to_hex();
-    hex.as_str()[..hex_chars.min(64)].to_string()
-}
-
-/// Builds a `large_list<float32>` column (non-null items) from per-row slices.
-pub(crate) fn f32_list_array(item_field: &Field, rows: &[&[f32]]) -> std::result::Result<LargeListArray, arrow::error::ArrowError> {
-    let total: usize = rows.iter().map(|r| r.len()).sum();
-    let mut values = Vec::with_capacity(total);
-    let mut offsets = Vec::with_capacity(rows.len() + 1);
-    offsets.push(0i64);
-    for r in rows {
-        values.extend_from_slice(r);
-        offsets.push(values.len() as i64);
-    }
-    LargeListArray::try_new(
-        Arc::new(item_field.clone()),
-        OffsetBuffer::new(offsets.into()),
-        Arc::new(arrow::array::Float32Array::from(values)),
-        None,
-    )
 }
 
 fn list_item_field(schema: &Schema, column: &str) -> Field {
@@ -375,6 +283,10 @@ impl StageConfig for IngestNwb {
         Arity::Source
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
         check_file_source(ctx, &self.paths, "nwb", "NWB file", self.hash_hex_chars)
     }
@@ -387,7 +299,7 @@ impl StageConfig for IngestNwb {
         source_files(ctx, &self.paths, "nwb")
     }
 
-    fn watch(&self, ctx: &StageContext) -> Option<super::WatchSource> {
+    fn watch(&self, ctx: &StageContext) -> Option<crate::stage::WatchSource> {
         single_folder_watch(ctx, &self.paths, "nwb")
     }
 
@@ -398,21 +310,6 @@ impl StageConfig for IngestNwb {
     fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
         Ok(Operator::Source(Box::new(NwbSource { files: self.external_inputs(ctx)?, next_file: 0, seen: HashSet::new(), config: self.clone(), schema: output.clone() })))
     }
-}
-
-/// The folder and pattern `run --watch` watches for a source given one folder or one
-/// `folder/*.ext` glob (`None` for explicit file lists).
-fn single_folder_watch(ctx: &StageContext, paths: &[String], ext: &str) -> Option<super::WatchSource> {
-    let [only] = paths else { return None };
-    let full = ctx.resolve(only);
-    if full.is_dir() {
-        return Some(super::WatchSource { folder: full, pattern: glob::Pattern::new(&format!("*.{ext}")).ok()? });
-    }
-    let name = full.file_name()?.to_string_lossy().to_string();
-    let folder = full.parent()?.to_path_buf();
-    (name.contains('*') && folder.is_dir() && !folder.to_string_lossy().contains('*'))
-        .then(|| glob::Pattern::new(&name).ok().map(|pattern| super::WatchSource { folder, pattern }))
-        .flatten()
 }
 
 struct NwbSource {
@@ -537,22 +434,6 @@ impl AbfSource {
         }
         Ok(self.cursor.is_some() || self.next_file < self.files.len())
     }
-}
-
-/// `recording_id` of a file, hashed by streaming (equal to [`content_id`] of its bytes).
-fn streamed_content_id(path: &Path, hex_chars: usize) -> std::io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let hex = hasher.finalize().to_hex();
-    Ok(hex.as_str()[..hex_chars.min(64)].to_string())
 }
 
 /// Opens a file header-only and checks its channels, as [`read_abf_batch`] does.

@@ -23,23 +23,14 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::stages::UnitFailure;
-use crate::stages::schema::{type_name, unit_of};
+use crate::stage::UnitFailure;
+use crate::stage::columns::{type_name, unit_of};
+use crate::stage::parquet::ROW_GROUP_BYTES;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const FORMAT: &str = "neurostream-checkpoint/1";
-/// A row group is closed once its buffered data reaches this size, whatever its row count.
-pub const ROW_GROUP_BYTES: usize = 128 << 20;
 /// A new part file is started after this many bytes, so no single file grows without bound.
 pub const PART_BYTES: usize = 1 << 30;
-
-/// Parquet settings shared by checkpoints and `sink.parquet`.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
-        .set_max_row_group_row_count(Some(1 << 20))
-        .build()
-}
 
 fn properties(row_group_rows: usize) -> WriterProperties {
     WriterProperties::builder()
@@ -264,7 +255,7 @@ impl CheckpointWriter {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         self.batches += 1;
-        self.bytes += crate::stages::batch_bytes(batch) as u64;
+        self.bytes += crate::stage::batch_bytes(batch) as u64;
         if !self.write_parts {
             return Ok(());
         }

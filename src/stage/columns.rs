@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, LargeListArray, RecordBatch};
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 
 use super::Issue;
@@ -142,3 +143,22 @@ pub fn f64_list_rows(batch: &RecordBatch, col: &str) -> Result<Vec<Option<Vec<f6
     let list = as_f64_list(batch, col)?;
     Ok((0..list.len()).map(|r| row_values(&list, r)).collect())
 }
+
+/// Builds a `large_list<float32>` column (non-null items) from per-row slices.
+pub fn f32_list_array(item_field: &Field, rows: &[&[f32]]) -> std::result::Result<LargeListArray, arrow::error::ArrowError> {
+    let total: usize = rows.iter().map(|r| r.len()).sum();
+    let mut values = Vec::with_capacity(total);
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0i64);
+    for r in rows {
+        values.extend_from_slice(r);
+        offsets.push(values.len() as i64);
+    }
+    LargeListArray::try_new(
+        Arc::new(item_field.clone()),
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(arrow::array::Float32Array::from(values)),
+        None,
+    )
+}
+

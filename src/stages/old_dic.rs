@@ -44,8 +44,8 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{field, type_name, unit_of};
-use super::{Arity, Emitter, Issue, Operator, SourceOperator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{field, type_name, unit_of};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::dic::compensation::{NeuromodulationConfig, SeedConfig, generate_neuromodulated_population, residual_gs_gu};
 use crate::dic::features::{ActivityClass, SpikeTrainFeatures, extract_features, van_rossum_distance};
 use crate::dic::{CalciumRoute, dics};
@@ -114,7 +114,7 @@ fn is_f64_list(t: &DataType) -> bool {
 /// Milliseconds per unit of a spike-time column (`ms` or `s`), or the issue.
 pub(super) fn ms_per_unit(schema: &Schema, column: &str, key: &str) -> std::result::Result<f64, Issue> {
     let Ok(f) = schema.field_with_name(column) else {
-        return Err(Issue::at(&[key], format!("the input has no column `{column}` (spike times needed); it has: {}", super::schema::column_list(schema))));
+        return Err(Issue::at(&[key], format!("the input has no column `{column}` (spike times needed); it has: {}", crate::stage::columns::column_list(schema))));
     };
     if !is_f64_list(f.data_type()) {
         return Err(Issue::at(&[key], format!("column `{column}` is {}, but list<float64> spike times are needed", type_name(f.data_type()))));
@@ -162,7 +162,7 @@ fn class_name(c: ActivityClass) -> &'static str {
 }
 
 fn require_column(schema: &Schema, column: &str, expected: &str, accept: impl Fn(&DataType) -> bool) -> std::result::Result<(), Issue> {
-    super::schema::require(schema, "inputs[0]", column, expected, accept, None, &["inputs"])
+    crate::stage::columns::require(schema, "inputs[0]", column, expected, accept, None, &["inputs"])
 }
 
 pub(super) fn no_clash(schema: &Schema, added: &[&str]) -> Vec<Issue> {
@@ -309,6 +309,10 @@ impl StageConfig for IngestSpikeTimes {
 
     fn arity() -> Arity {
         Arity::Source
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
@@ -862,6 +866,10 @@ impl StageConfig for DicEstimate {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         for (key, lo, hi, n) in [("g_s_points", self.g_s_min, self.g_s_max, self.g_s_points), ("g_u_points", self.g_u_min, self.g_u_max, self.g_u_points)] {
@@ -930,7 +938,7 @@ impl StageConfig for DicEstimate {
         if let Err(i) = ms_per_unit(input, &self.spike_column, "spike_column") {
             issues.push(i);
         }
-        if let Err(i) = require_column(input, "recording_id", "a string id", super::schema::is_string) {
+        if let Err(i) = require_column(input, "recording_id", "a string id", crate::stage::columns::is_string) {
             issues.push(i);
         }
         if !issues.is_empty() {
@@ -1249,6 +1257,10 @@ impl StageConfig for DicPopulation {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if self.cells_per_target == 0 || self.cells_per_target > 1_000_000 {
@@ -1277,7 +1289,7 @@ impl StageConfig for DicPopulation {
                 issues.push(i);
             }
         }
-        if let Err(i) = require_column(input, "recording_id", "a string id", super::schema::is_string) {
+        if let Err(i) = require_column(input, "recording_id", "a string id", crate::stage::columns::is_string) {
             issues.push(i);
         }
         let train = (!self.spike_column.is_empty()).then(|| ms_per_unit(input, &self.spike_column, "spike_column"));
@@ -1423,6 +1435,10 @@ impl StageConfig for FeaturesBursts {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
@@ -1619,6 +1635,11 @@ impl StageConfig for DicValidate {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        // One recording at a time, whole (its rows may arrive in several batches).
+        Partitioning::per_unit("recording_id")
+    }
+
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
         let mut issues = Vec::new();
         if self.pairwise_cells < 2 || self.pairwise_cells > 10_000 {
@@ -1637,7 +1658,7 @@ impl StageConfig for DicValidate {
         let input = &inputs[0];
         let mut issues = Vec::new();
         for c in ["recording_id", "activity_class", "target_class"] {
-            if let Err(i) = require_column(input, c, "a string column", super::schema::is_string) {
+            if let Err(i) = require_column(input, c, "a string column", crate::stage::columns::is_string) {
                 issues.push(i);
             }
         }

@@ -42,8 +42,8 @@ use ndarray::Array2;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{column_list, field, is_numeric};
-use super::{Arity, Emitter, Issue, Operator, StageConfig, StageContext, TransformOperator};
+use crate::stage::columns::{column_list, field, is_numeric};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
 use crate::train::models::{self, FitOptions, FittedModel, ModelSpec, ParamGrid, Prediction, Target, Task, TrainingData};
 use crate::train::validation::{self, Fold};
@@ -256,10 +256,7 @@ impl<K: TaskKind> Train<K> {
     }
 
     fn artifacts_dir(&self, ctx: &StageContext) -> PathBuf {
-        match &self.artifacts {
-            Some(p) => ctx.resolve(p),
-            None => ctx.run_dir.join("artifacts").join(&ctx.name),
-        }
+        ctx.artifacts_dir(self.artifacts.as_deref())
     }
 
     fn keep_columns(&self, input: &Schema) -> Vec<String> {
@@ -294,6 +291,10 @@ impl<K: TaskKind> StageConfig for Train<K> {
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::Gather
     }
 
     fn check(&self, _ctx: &StageContext) -> Vec<Issue> {
@@ -377,7 +378,7 @@ impl<K: TaskKind> StageConfig for Train<K> {
                 Ok(fd) if !is_feature_type(fd.data_type()) => issues.push(Issue::at_index(
                     "features",
                     i,
-                    format!("`{f}` is {}; features must be numeric scalars or numeric lists", super::schema::type_name(fd.data_type())),
+                    format!("`{f}` is {}; features must be numeric scalars or numeric lists", crate::stage::columns::type_name(fd.data_type())),
                 )),
                 _ => {}
             }
@@ -385,10 +386,10 @@ impl<K: TaskKind> StageConfig for Train<K> {
         let mut need = |key: &str, col: &str, numeric: bool| match input.field_with_name(col) {
             Err(_) => issues.push(Issue::at(&[key], format!("the input has no column `{col}`; it has: {}", column_list(input)))),
             Ok(fd) if numeric && !is_numeric(fd.data_type()) => {
-                issues.push(Issue::at(&[key], format!("`{col}` is {}; a regression target must be numeric", super::schema::type_name(fd.data_type()))))
+                issues.push(Issue::at(&[key], format!("`{col}` is {}; a regression target must be numeric", crate::stage::columns::type_name(fd.data_type()))))
             }
-            Ok(fd) if !super::schema::is_scalar(fd.data_type()) => {
-                issues.push(Issue::at(&[key], format!("`{col}` is {}; give a scalar column", super::schema::type_name(fd.data_type()))))
+            Ok(fd) if !crate::stage::columns::is_scalar(fd.data_type()) => {
+                issues.push(Issue::at(&[key], format!("`{col}` is {}; give a scalar column", crate::stage::columns::type_name(fd.data_type()))))
             }
             _ => {}
         };
@@ -421,7 +422,7 @@ impl<K: TaskKind> StageConfig for Train<K> {
             Task::Regression => {
                 add(field("fold", DataType::Int64, false, None), &mut fields);
                 for t in self.targets() {
-                    let unit = input.field_with_name(&t).ok().and_then(|f| super::schema::unit_of(f).map(str::to_string));
+                    let unit = input.field_with_name(&t).ok().and_then(|f| crate::stage::columns::unit_of(f).map(str::to_string));
                     add(field(&t, DataType::Float64, false, unit.as_deref()), &mut fields);
                     add(field(&format!("{t}_predicted"), DataType::Float64, false, unit.as_deref()), &mut fields);
                 }
@@ -498,7 +499,7 @@ fn f64_values(batches: &[RecordBatch], col: &str) -> Result<Vec<Option<f64>>> {
 fn list_values(batches: &[RecordBatch], col: &str) -> Result<Vec<Option<Vec<f64>>>> {
     let mut out = Vec::new();
     for b in batches {
-        out.extend(super::schema::f64_list_rows(b, col)?);
+        out.extend(crate::stage::columns::f64_list_rows(b, col)?);
     }
     Ok(out)
 }
@@ -932,7 +933,7 @@ impl<K: TaskKind> TrainOperator<K> {
                                 let colour: Option<Vec<String>> = report_by.as_ref().map(|rb| tested.iter().map(|&i| rb[i].clone()).collect());
                                 let colour = colour.as_deref().zip(self.cfg.report_by.as_deref()).map(|(g, c)| (c, g));
                                 let r2 = pooled.values.get("r2").map_or("n/a".to_string(), |v| format!("{v:.3}"));
-                                let unit = self.schema.field_with_name(&tname).ok().and_then(|f| super::schema::unit_of(f).map(str::to_string));
+                                let unit = self.schema.field_with_name(&tname).ok().and_then(|f| crate::stage::columns::unit_of(f).map(str::to_string));
                                 let axis = match unit {
                                     Some(u) => format!("{tname} ({u})"),
                                     None => tname.clone(),
@@ -1112,7 +1113,7 @@ fn commit_artifacts(dir: &Path, mut report: serde_json::Value, files: &[(String,
     )?;
     let p = tmp.join("metrics.parquet");
     let f = std::fs::File::create(&p).map_err(|e| Error::io(&p, e))?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, Some(crate::runtime::checkpoint::writer_properties()))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, Some(crate::stage::parquet::writer_properties()))?;
     w.write(&batch)?;
     let f = w.into_inner()?;
     f.sync_all().map_err(|e| Error::io(&p, e))?;
@@ -1188,6 +1189,10 @@ impl StageConfig for PredictModel {
         Arity::Transform { min: 1, max: Some(1) }
     }
 
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::RowWise
+    }
+
     fn check(&self, ctx: &StageContext) -> Vec<Issue> {
         match self.load(ctx) {
             Ok(_) => Vec::new(),
@@ -1213,7 +1218,7 @@ impl StageConfig for PredictModel {
         for c in &cols {
             let dt = input.field_with_name(c).unwrap().data_type();
             if !is_feature_type(dt) {
-                return Err(vec![Issue::inputs(format!("`{c}` is {}; the model needs numbers", super::schema::type_name(dt)))]);
+                return Err(vec![Issue::inputs(format!("`{c}` is {}; the model needs numbers", crate::stage::columns::type_name(dt)))]);
             }
         }
         if input.field_with_name(&self.column).is_ok() {

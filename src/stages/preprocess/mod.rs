@@ -1,0 +1,10 @@
+//! Preprocessing: normalization by spontaneous activity, voxel grids, filtering, resampling and windowing of traces.
+//!
+//! One file per kind, named after it; [`kinds`] lists them for the registry.
+
+use crate::stage::KindEntry;
+
+/// The kinds of this family, in the order `neurostream stages` lists them.
+pub fn kinds() -> Vec<KindEntry> {
+    vec![]
+}

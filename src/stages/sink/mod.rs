@@ -1,0 +1,10 @@
+//! Sinks: export a table to Parquet or CSV outside the run directory.
+//!
+//! One file per kind, named after it; [`kinds`] lists them for the registry.
+
+use crate::stage::KindEntry;
+
+/// The kinds of this family, in the order `neurostream stages` lists them.
+pub fn kinds() -> Vec<KindEntry> {
+    vec![]
+}
