@@ -16,6 +16,8 @@ use std::process::Command;
 
 use neurostream::formats::abf::AbfFile;
 
+use crate::support::{bin, fixture, run_workspace};
+
 const RATE_HZ: u32 = 20_000;
 const TILE_SAMPLES: usize = 60_000;
 /// One hour: 3600 s x 20 kHz = 72 M samples = 1200 tiles of 3 s.
@@ -26,7 +28,7 @@ const MV_PER_COUNT: f32 = 0.01;
 /// The fixture sweep used as the tile: sweep 12 of 171116sh_0018 (a +200 pA step: a train of
 /// spikes), as int16 counts at 0.01 mV.
 fn tile_counts() -> Vec<i16> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/abf/171116sh_0018.abf");
+    let path = fixture("abf/171116sh_0018.abf");
     let abf = AbfFile::open(&path).unwrap();
     assert_eq!((abf.sampling_rate_hz(), abf.samples_per_sweep()), (RATE_HZ, TILE_SAMPLES));
     abf.sweep_adc(0, 12).unwrap().iter().map(|&v| (v / MV_PER_COUNT).round() as i16).collect()
@@ -127,7 +129,7 @@ fn one_hour_gap_free_recording_streams_in_bounded_memory() {
     let one = tempfile::tempdir().unwrap();
     write_gap_free_abf(&one.path().join("rec.abf"), &tile, 1);
     std::fs::write(one.path().join("p.toml"), pipeline("")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "p.toml"]).current_dir(one.path()).output().unwrap();
+    let out = run_workspace(one.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let per_tile = spike_count(one.path());
     assert!(per_tile >= 5, "the tile should hold a spike train, found {per_tile} spikes");
@@ -140,7 +142,7 @@ fn one_hour_gap_free_recording_streams_in_bounded_memory() {
     std::fs::write(hour.path().join("p.toml"), pipeline("chunk_s = 10")).unwrap();
     let started = std::time::Instant::now();
     let out = Command::new("/usr/bin/time")
-        .args(["-v", env!("CARGO_BIN_EXE_neurostream"), "run", "p.toml"])
+        .args(["-v", bin(), "run", "p.toml"])
         .current_dir(hour.path())
         .output()
         .expect("/usr/bin/time must be installed (Debian package `time`; .ci/run installs it)");

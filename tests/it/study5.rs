@@ -6,46 +6,22 @@
 //! confusion) and unsupervised (Hungarian-matched accuracy, NMI, ARI) metrics.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const UNIT_FILES: [&str; 6] = ["d561102", "d681104", "d711102", "d561106", "d611110", "d611111"];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A CSV file (no quoted commas in these tables) as rows of column -> text.
-fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines.map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect()).collect()
-}
-
-fn metrics(run: &Path, stage: &str) -> serde_json::Value {
-    let path = run.join("artifacts").join(stage).join("metrics.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
+use crate::support::{UNIT_FILES, cli, fixture, metrics, output_text, read_csv, repo, unit_workspace};
 
 #[test]
 fn ei_units_pipeline_on_six_ground_truth_units() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("mat")).unwrap();
-    for stem in UNIT_FILES {
-        let name = format!("{stem}.cell_metrics.cellinfo.mat");
-        std::fs::copy(root().join("tests/fixtures/units_mat").join(&name), tmp.path().join("mat").join(&name)).unwrap();
-    }
-    let pipeline = std::fs::read_to_string(root().join("pipelines/ei_units.toml")).unwrap();
+    let tmp = unit_workspace("", &UNIT_FILES);
+    let pipeline = std::fs::read_to_string(repo().join("pipelines/ei_units.toml")).unwrap();
     assert!(pipeline.contains(r#"paths = ["../data/cellexplorer_groundtruth"]"#), "the pipeline's data path changed");
     std::fs::write(tmp.path().join("ei_units.toml"), pipeline.replace("../data/cellexplorer_groundtruth", "mat")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "ei_units.toml"]).current_dir(tmp.path()).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let out = cli(tmp.path(), &["run", "ei_units.toml"]);
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     let run = tmp.path().join("runs/ei_units");
 
     // CellExplorer's stored type of each unit (its own summary, not our output).
-    let truth: HashMap<String, String> = read_csv(&root().join("tests/fixtures/units_mat/cells_summary.csv"))
+    let truth: HashMap<String, String> = read_csv(&fixture("units_mat/cells_summary.csv"))
         .into_iter()
         .map(|r| (r["file"].trim_end_matches(".cell_metrics.cellinfo.mat").to_string(), r["putativeCellType"].clone()))
         .collect();

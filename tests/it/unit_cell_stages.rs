@@ -7,32 +7,8 @@
 //!   (tests/fixtures/cellfeat/ipfx_cell_reference.json, made by the script beside it).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_neurostream")
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn run(dir: &Path) -> Output {
-    Command::new(bin()).args(["run", "p.toml"]).current_dir(dir).output().unwrap()
-}
-
-fn output_text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
-}
-
-/// A CSV file (no quoted commas in these tables) as rows of column -> text.
-fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines.map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect()).collect()
-}
+use crate::support::{ABF_FILES, UNIT_FILES, abf_workspace, fixture, output_text, read_csv, run_workspace, unit_workspace};
 
 fn num(row: &HashMap<String, String>, key: &str) -> f64 {
     row.get(key).unwrap_or_else(|| panic!("no column {key}")).parse().unwrap_or_else(|e| panic!("{key} = {:?}: {e}", row[key]))
@@ -41,9 +17,6 @@ fn num(row: &HashMap<String, String>, key: &str) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Units
 // ---------------------------------------------------------------------------------------------
-
-/// Ten and twenty kHz recordings, pyramidal cells and narrow interneurons (CellExplorer's types).
-const UNIT_FILES: [&str; 6] = ["d561102", "d681104", "d711102", "d561106", "d611110", "d611111"];
 
 const UNITS_PIPELINE: &str = r#"
 [pipeline]
@@ -63,20 +36,9 @@ inputs = ["features"]
 path = "out/units.csv"
 "#;
 
-fn units_workspace(stems: &[&str]) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("mat")).unwrap();
-    for stem in stems {
-        let name = format!("{stem}.cell_metrics.cellinfo.mat");
-        std::fs::copy(fixtures().join("units_mat").join(&name), tmp.path().join("mat").join(&name)).unwrap();
-    }
-    std::fs::write(tmp.path().join("p.toml"), UNITS_PIPELINE).unwrap();
-    tmp
-}
-
 /// CellExplorer's stored values, by file stem.
 fn cellexplorer_summary() -> HashMap<String, HashMap<String, String>> {
-    read_csv(&fixtures().join("units_mat/cells_summary.csv"))
+    read_csv(&fixture("units_mat/cells_summary.csv"))
         .into_iter()
         .map(|r| (r["file"].trim_end_matches(".cell_metrics.cellinfo.mat").to_string(), r))
         .collect()
@@ -126,8 +88,8 @@ fn check_units_against_cellexplorer(rows: &[HashMap<String, String>]) -> Vec<Str
 
 #[test]
 fn unit_features_match_cellexplorer_on_its_ground_truth_files() {
-    let tmp = units_workspace(&UNIT_FILES);
-    let out = run(tmp.path());
+    let tmp = unit_workspace(UNITS_PIPELINE, &UNIT_FILES);
+    let out = run_workspace(tmp.path());
     assert!(out.status.success(), "{}", output_text(&out));
     let rows = read_csv(&tmp.path().join("out/units.csv"));
     assert_eq!(rows.len(), 6);
@@ -143,11 +105,11 @@ fn unit_features_match_cellexplorer_on_its_ground_truth_files() {
 
 #[test]
 fn truncated_and_foreign_mat_files_fail_alone() {
-    let tmp = units_workspace(&UNIT_FILES[..3]);
-    let bytes = std::fs::read(fixtures().join("units_mat/d611110.cell_metrics.cellinfo.mat")).unwrap();
+    let tmp = unit_workspace(UNITS_PIPELINE, &UNIT_FILES[..3]);
+    let bytes = std::fs::read(fixture("units_mat/d611110.cell_metrics.cellinfo.mat")).unwrap();
     std::fs::write(tmp.path().join("mat/broken.cell_metrics.cellinfo.mat"), &bytes[..bytes.len() / 2]).unwrap();
     std::fs::write(tmp.path().join("mat/garbage.mat"), b"MATLAB? no, just some text").unwrap();
-    let out = run(tmp.path());
+    let out = run_workspace(tmp.path());
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("broken.cell_metrics.cellinfo.mat"), "{text}");
@@ -162,8 +124,6 @@ fn truncated_and_foreign_mat_files_fail_alone() {
 // ---------------------------------------------------------------------------------------------
 // Cells
 // ---------------------------------------------------------------------------------------------
-
-const ABF_FILES: [&str; 2] = ["171116sh_0018", "17o05028_ic_steps"];
 
 /// IPFX refuses its 10 kHz default filter at 20 kHz; the reference ran with 5 kHz
 /// (tests/fixtures/cellfeat/README.md), and with the rate at rheobase + 50 pA.
@@ -196,43 +156,8 @@ inputs = ["sub"]
 path = "out/subthreshold.csv"
 "#;
 
-fn abf_workspace() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("abf")).unwrap();
-    for stem in ABF_FILES {
-        std::fs::copy(fixtures().join(format!("abf/{stem}.abf")), tmp.path().join(format!("abf/{stem}.abf"))).unwrap();
-    }
-    std::fs::write(tmp.path().join("p.toml"), CELL_PIPELINE).unwrap();
-    tmp
-}
-
 fn ipfx_reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("cellfeat/ipfx_cell_reference.json")).unwrap()).unwrap()
-}
-
-/// A CSV whose fields may be double-quoted (the `missing` column can hold commas).
-fn read_quoted_csv(path: &Path) -> Vec<HashMap<String, String>> {
-    fn split(line: &str) -> Vec<String> {
-        let (mut fields, mut cur, mut quoted) = (Vec::new(), String::new(), false);
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    cur.push('"');
-                    chars.next();
-                }
-                ('"', _) => quoted = !quoted,
-                (',', false) => fields.push(std::mem::take(&mut cur)),
-                _ => cur.push(c),
-            }
-        }
-        fields.push(cur);
-        fields
-    }
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header = split(lines.next().unwrap());
-    lines.map(|l| header.iter().cloned().zip(split(l)).collect()).collect()
+    serde_json::from_str(&std::fs::read_to_string(fixture("cellfeat/ipfx_cell_reference.json")).unwrap()).unwrap()
 }
 
 fn opt(row: &HashMap<String, String>, key: &str) -> Option<f64> {
@@ -251,11 +176,11 @@ fn stem_of(sweeps: usize) -> &'static str {
 
 #[test]
 fn cell_and_subthreshold_features_match_ipfx_on_real_abf_steps() {
-    let tmp = abf_workspace();
-    let out = run(tmp.path());
+    let tmp = abf_workspace(CELL_PIPELINE, &ABF_FILES);
+    let out = run_workspace(tmp.path());
     assert!(out.status.success(), "{}", output_text(&out));
     let doc = ipfx_reference();
-    let cells = read_quoted_csv(&tmp.path().join("out/cells.csv"));
+    let cells = read_csv(&tmp.path().join("out/cells.csv"));
     assert_eq!(cells.len(), 2);
     let mut stem_of_id = HashMap::new();
     let (mut compared, mut worst_rel, mut worst_mv) = (0, 0.0f64, 0.0f64);
@@ -330,7 +255,7 @@ fn cell_and_subthreshold_features_match_ipfx_on_real_abf_steps() {
 
     // Per sweep: IPFX's sweep table (stimulus amplitude, baseline, peak deflection, sag) and
     // the time constant of each hyperpolarizing sweep fitted to its own peak.
-    let sub = read_quoted_csv(&tmp.path().join("out/subthreshold.csv"));
+    let sub = read_csv(&tmp.path().join("out/subthreshold.csv"));
     assert_eq!(sub.len(), 33);
     let (mut taus, mut worst_tau) = (0, 0.0f64);
     for row in &sub {
@@ -373,10 +298,10 @@ fn a_window_outside_the_sweeps_fails_each_cell_by_name() {
     // An explicit window past the end of the 3 s sweeps: features.cell fails both cells, each
     // named by its recording id with the sweep and the field; features.subthreshold (window from
     // the commands) still completes.
-    let tmp = abf_workspace();
+    let tmp = abf_workspace(CELL_PIPELINE, &ABF_FILES);
     let pipeline = CELL_PIPELINE.replace("rate_at_rheobase_offset_pa = 50", "start_s = 2.5\nend_s = 3.5");
     std::fs::write(tmp.path().join("p.toml"), pipeline).unwrap();
-    let out = run(tmp.path());
+    let out = run_workspace(tmp.path());
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let failed: Vec<&str> = text.lines().filter(|l| l.contains("cells") && l.contains("FAILED for")).collect();
@@ -384,5 +309,5 @@ fn a_window_outside_the_sweeps_fails_each_cell_by_name() {
     for l in failed {
         assert!(l.contains("sweep 0: stimulus end = 3.5 s lies outside the trace"), "{l}");
     }
-    assert_eq!(read_quoted_csv(&tmp.path().join("out/subthreshold.csv")).len(), 33);
+    assert_eq!(read_csv(&tmp.path().join("out/subthreshold.csv")).len(), 33);
 }

@@ -4,46 +4,19 @@
 //! solutions where no tool output exists (the dt test).
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array, RecordBatch, RecordBatchReader};
-use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int64Type, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow::array::{Array, AsArray, Float64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_neurostream")
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
-}
-
-/// Runs `neurostream <verb> <file>` in `dir`; returns (exit code, stdout + stderr).
-fn neurostream(dir: &Path, verb: &str, file: &str) -> (i32, String) {
-    let out = Command::new(bin()).arg(verb).arg(file).arg("--quiet").current_dir(dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
+use crate::support::{cli_text, f32_list, f64_col, fixture, read_parquet, write_parquet};
 
 fn run_ok(dir: &Path, file: &str) {
-    let (code, text) = neurostream(dir, "run", file);
+    let (code, text) = cli_text(dir, &["run", file, "--quiet"]);
     assert_eq!(code, 0, "run failed:\n{text}");
 }
 
-fn read_parquet(path: &Path) -> (Arc<Schema>, RecordBatch) {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
-    let schema = reader.schema();
-    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
-    let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
-    (schema, all)
-}
-
-fn f64_col(b: &RecordBatch, name: &str) -> Vec<f64> {
-    b.column_by_name(name).unwrap().as_primitive::<Float64Type>().values().to_vec()
-}
 fn i64_opt_col(b: &RecordBatch, name: &str) -> Vec<Option<i64>> {
     b.column_by_name(name).unwrap().as_primitive::<Int64Type>().iter().collect()
 }
@@ -53,10 +26,6 @@ fn str_col(b: &RecordBatch, name: &str) -> Vec<String> {
 fn f64_lists(b: &RecordBatch, name: &str) -> Vec<Vec<f64>> {
     let l = b.column_by_name(name).unwrap().as_list::<i64>();
     (0..l.len()).map(|i| l.value(i).as_primitive::<Float64Type>().values().to_vec()).collect()
-}
-fn f32_list(b: &RecordBatch, name: &str, row: usize) -> Option<Vec<f32>> {
-    let l = b.column_by_name(name).unwrap().as_list::<i64>();
-    (!l.is_null(row)).then(|| l.value(row).as_primitive::<Float32Type>().values().to_vec())
 }
 fn unit(schema: &Schema, name: &str) -> Option<String> {
     schema.field_with_name(name).unwrap().metadata().get("unit").cloned()
@@ -173,7 +142,8 @@ fn glif_stage_reproduces_allensdk_sweep_spike_counts() {
     for level in [1, 3, 5] {
         let want = read_npy_i64(&fixture(&format!("glif/glif{level}_sweep100_spike_counts.npy")));
         assert_eq!(want.len(), 100);
-        let (schema, b) = read_parquet(&dir.path().join(format!("out{level}.parquet")));
+        let b = read_parquet(&dir.path().join(format!("out{level}.parquet")));
+        let schema = b.schema();
         assert_eq!(b.num_rows(), 100);
         assert!(schema.field_with_name("response").is_err(), "record_voltage = false must drop `response`");
         let counts = i64_opt_col(&b, "spike_count");
@@ -204,7 +174,8 @@ fn glif_stage_response_and_spike_times_match_allensdk_run() {
     );
     std::fs::write(dir.path().join("p.toml"), toml).unwrap();
     run_ok(dir.path(), "p.toml");
-    let (schema, b) = read_parquet(&dir.path().join("one.parquet"));
+    let b = read_parquet(&dir.path().join("one.parquet"));
+    let schema = b.schema();
     assert_eq!(b.num_rows(), 1);
     assert_eq!(unit(&schema, "response").as_deref(), Some("mV"));
     assert_eq!(unit(&schema, "stimulus").as_deref(), Some("pA"));
@@ -216,7 +187,7 @@ fn glif_stage_response_and_spike_times_match_allensdk_run() {
     assert_eq!(el_ref_mv, -75.0); // glif5_neuron_config.json: El_reference = -0.075 V
 
     let (_, v_ref) = read_d2z("glif5_voltage.npy.d2z.zst");
-    let response = f32_list(&b, "response", 0).unwrap();
+    let response = f32_list(&b, "response", 0);
     assert_eq!(response.len(), v_ref.len());
     let mut max_err = 0.0f64;
     for (r, v) in response.iter().zip(&v_ref) {
@@ -225,7 +196,7 @@ fn glif_stage_response_and_spike_times_match_allensdk_run() {
     }
     // f32 storage of ~-75 mV values: half an ULP is 3.8e-6 mV.
     assert!(max_err < 1e-5, "response differs from AllenSDK by {max_err} mV");
-    let stimulus = f32_list(&b, "stimulus", 0).unwrap();
+    let stimulus = f32_list(&b, "stimulus", 0);
     assert!(stimulus.iter().zip(&stim).all(|(s, a)| (f64::from(*s) - a * 1e12).abs() <= 1e-6 * (a * 1e12).abs().max(1.0)));
 
     let want: Vec<f64> = read_spikes_csv("glif5_spikes.csv").iter().map(|r| r[2]).collect();
@@ -267,13 +238,14 @@ fn swept_dt_really_changes_the_simulation() {
         )
     };
     std::fs::write(dir.path().join("bad.toml"), body("")).unwrap();
-    let (code, text) = neurostream(dir.path(), "validate", "bad.toml");
+    let (code, text) = cli_text(dir.path(), &["validate", "bad.toml", "--quiet"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("dt_stimulus"), "{text}");
 
     std::fs::write(dir.path().join("p.toml"), body("dt_stimulus = \"regenerate\"")).unwrap();
     run_ok(dir.path(), "p.toml");
-    let (schema, b) = read_parquet(&dir.path().join("dt.parquet"));
+    let b = read_parquet(&dir.path().join("dt.parquet"));
+    let schema = b.schema();
     assert_eq!(unit(&schema, "dt").as_deref(), Some("s"));
     assert_eq!(f64_col(&b, "dt"), vec![1e-5, 5e-5, 2e-4]);
     let rates = f64_col(&b, "sampling_rate_hz");
@@ -283,7 +255,7 @@ fn swept_dt_really_changes_the_simulation() {
     let spikes = f64_lists(&b, "model_spike_times");
     let mut firsts = Vec::new();
     for (row, dt) in [1e-5, 5e-5, 2e-4].into_iter().enumerate() {
-        let response = f32_list(&b, "response", row).unwrap();
+        let response = f32_list(&b, "response", row);
         assert_eq!(response.len(), (0.5 / dt as f64).round() as usize);
         let want = euler_lif_first_spike_s(300e-12, r, c, th, dt, (0.1 / dt as f64).round() as usize);
         let t = spikes[row][0];
@@ -309,13 +281,13 @@ fn resampled_file_stimulus_follows_dt() {
     );
     std::fs::write(dir.path().join("p.toml"), toml).unwrap();
     run_ok(dir.path(), "p.toml");
-    let (_, b) = read_parquet(&dir.path().join("rs.parquet"));
+    let b = read_parquet(&dir.path().join("rs.parquet"));
     let want = read_spikes_csv("glif1_spikes.csv").len() as i64;
     let counts: Vec<i64> = i64_opt_col(&b, "spike_count").into_iter().map(Option::unwrap).collect();
     assert_eq!(counts[0], want);
     assert!((counts[1] - want).abs() <= want / 5 + 1, "{counts:?}");
-    assert_eq!(f32_list(&b, "stimulus", 0).unwrap().len(), 50_000);
-    assert_eq!(f32_list(&b, "stimulus", 1).unwrap().len(), 100_000);
+    assert_eq!(f32_list(&b, "stimulus", 0).len(), 50_000);
+    assert_eq!(f32_list(&b, "stimulus", 1).len(), 100_000);
 }
 
 /// `block_size` bounds the rows of every batch: 10 configs × 2 stimuli in blocks of 3 give
@@ -338,7 +310,7 @@ fn block_size_bounds_batch_rows() {
     let m = manifest(dir.path(), "blocks", "sim");
     assert_eq!(m["rows"], 20);
     assert_eq!(m["batches"], 8);
-    let (_, b) = read_parquet(&dir.path().join("b.parquet"));
+    let b = read_parquet(&dir.path().join("b.parquet"));
     assert_eq!(str_col(&b, "stimulus_kind")[..10].iter().filter(|s| *s == "long_square").count(), 10);
     let idx: Vec<i64> = i64_opt_col(&b, "config_index").into_iter().map(Option::unwrap).collect();
     assert_eq!(idx, (0..10).chain(0..10).collect::<Vec<i64>>());
@@ -364,7 +336,7 @@ fn bad_neuron_config_is_a_validate_error_at_the_option() {
              stimuli = [{{ kind = \"long_square\", amplitude_pa = 100.0, duration_s = 0.1, total_s = 0.1 }}]\n"
         );
         std::fs::write(dir.path().join("bad.toml"), toml).unwrap();
-        let (code, text) = neurostream(dir.path(), "validate", "bad.toml");
+        let (code, text) = cli_text(dir.path(), &["validate", "bad.toml", "--quiet"]);
         assert_eq!(code, 2, "{file}: {text}");
         let line = text.lines().find(|l| l.starts_with("bad.toml:6:17:")).unwrap_or_else(|| panic!("{file}: no diagnostic at 6:17 (the value of neuron_config):\n{text}"));
         assert!(line.contains(needle) && line.contains(file), "{file}: {line}");
@@ -384,15 +356,15 @@ fn bad_reset_is_a_status_not_nans() {
                 [stages.out]\nkind = \"sink.parquet\"\ninputs = [\"sim\"]\npath = \"br.parquet\"\n";
     std::fs::write(dir.path().join("p.toml"), toml).unwrap();
     run_ok(dir.path(), "p.toml");
-    let (_, b) = read_parquet(&dir.path().join("br.parquet"));
+    let b = read_parquet(&dir.path().join("br.parquet"));
     let reference = read_spikes_csv("glif2_spikes.csv");
     assert_eq!(str_col(&b, "status"), vec!["bad_reset", "ok"]);
     assert_eq!(i64_opt_col(&b, "spike_count"), vec![None, Some(reference.len() as i64)]);
     let detail = str_col(&b, "status_detail");
     assert!(detail[0].contains(&format!("step {}", reference[0][0] as usize)), "{}", detail[0]);
     assert_eq!(detail[1], "<null>");
-    assert!(f32_list(&b, "response", 0).is_none());
-    let response_ok = f32_list(&b, "response", 1).unwrap();
+    assert!(b.column_by_name("response").unwrap().is_null(0));
+    let response_ok = f32_list(&b, "response", 1);
     assert!(response_ok.iter().all(|v| v.is_finite()));
     assert_eq!(f64_lists(&b, "model_spike_times")[0], vec![reference[0][2]]);
 }
@@ -421,15 +393,14 @@ fn stg_stage_matches_radau_reference_trains() {
         cols.push(Arc::new(Float64Array::from(rows.iter().map(|r| r[k]).collect::<Vec<f64>>())));
     }
     let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
-    let mut w = ArrowWriter::try_new(File::create(dir.path().join("g.parquet")).unwrap(), schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet(&dir.path().join("g.parquet"), &batch);
     let toml = "[pipeline]\nname = \"stg\"\n[stages.g]\nkind = \"source.parquet\"\npaths = [\"g.parquet\"]\n\
                 [stages.sim]\nkind = \"simulate.stg\"\ninputs = [\"g\"]\ndt_ms = 0.01\nduration_ms = 2000.0\ntransient_ms = 0.0\nvoltage_every_steps = 100\n\
                 [stages.out]\nkind = \"sink.parquet\"\ninputs = [\"sim\"]\npath = \"stg.parquet\"\n";
     std::fs::write(dir.path().join("p.toml"), toml).unwrap();
     run_ok(dir.path(), "p.toml");
-    let (schema, b) = read_parquet(&dir.path().join("stg.parquet"));
+    let b = read_parquet(&dir.path().join("stg.parquet"));
+    let schema = b.schema();
     assert_eq!(unit(&schema, "spike_times").as_deref(), Some("s"));
     assert_eq!(str_col(&b, "cell"), vec!["spiking", "bursting", "no_leak"]);
     assert_eq!(f64_col(&b, "g_Na")[1], rows[1][0]);
@@ -444,7 +415,7 @@ fn stg_stage_matches_radau_reference_trains() {
     }
     assert_eq!(i64_opt_col(&b, "spike_count"), vec![Some(29), Some(65), None]);
     // 2000 ms at 0.01 ms, every 100th step, both ends included: 2001 samples at 1 ms.
-    let v = f32_list(&b, "voltage", 0).unwrap();
+    let v = f32_list(&b, "voltage", 0);
     assert_eq!(v.len(), 2001);
     assert!(v.iter().all(|x| (-100.0..60.0).contains(x)));
     assert_eq!(f64_col(&b, "voltage_dt_ms")[0], 1.0);
@@ -464,12 +435,12 @@ fn shared_stimulus_protocols_are_rendered_at_each_dt() {
     );
     std::fs::write(dir.path().join("p.toml"), toml).unwrap();
     run_ok(dir.path(), "p.toml");
-    let (_, b) = read_parquet(&dir.path().join("proto.parquet"));
+    let b = read_parquet(&dir.path().join("proto.parquet"));
     assert_eq!(str_col(&b, "stimulus_kind"), vec!["long_square", "long_square"]);
     let (r, c, th) = (183419927.9118323, 1.0949424420741503e-10, 0.03418635859613008 * 1.1958624156695845);
     let spikes = f64_lists(&b, "model_spike_times");
     for (row, dt) in [2e-5, 1e-4].into_iter().enumerate() {
-        assert_eq!(f32_list(&b, "stimulus", row).unwrap().len(), (0.5 / dt as f64).round() as usize);
+        assert_eq!(f32_list(&b, "stimulus", row).len(), (0.5 / dt as f64).round() as usize);
         let want = euler_lif_first_spike_s(300e-12, r, c, th, dt, (0.1 / dt as f64).round() as usize);
         assert!((spikes[row][0] - want).abs() < 1e-6 * dt, "dt {dt}: {} vs {want}", spikes[row][0]);
     }
@@ -492,7 +463,8 @@ fn membrane_pipeline(fill: &str, membrane: &str) -> String {
 /// Relative errors of the fitted R and C against each row's swept R_input and C, and the
 /// absolute error of El against the config's El_reference (El = 0 relative), in mV.
 fn membrane_errors(dir: &Path) -> Vec<(f64, f64, f64, i64)> {
-    let (schema, b) = read_parquet(&dir.join("mem.parquet"));
+    let b = read_parquet(&dir.join("mem.parquet"));
+    let schema = b.schema();
     assert_eq!(unit(&schema, "membrane_r_mohm").as_deref(), Some("MΩ"));
     assert_eq!(unit(&schema, "membrane_c_pf").as_deref(), Some("pF"));
     assert!(schema.field_with_name("response").is_err(), "list columns are dropped by default");
@@ -548,7 +520,7 @@ fn membrane_fit_settings_are_checked_before_running() {
     let dir = tempfile::tempdir().unwrap();
     let bad = "min_pairs = 2\nexclude_after_s = -1.0\nstimulus = \"response\"";
     std::fs::write(dir.path().join("p.toml"), membrane_pipeline("nan", bad)).unwrap();
-    let (code, text) = neurostream(dir.path(), "run", "p.toml");
+    let (code, text) = cli_text(dir.path(), &["run", "p.toml", "--quiet"]);
     assert_ne!(code, 0);
     assert!(text.contains("three unknowns need at least 3 pairs"), "{text}");
     assert!(text.contains("must be a duration >= 0 s, got -1"), "{text}");

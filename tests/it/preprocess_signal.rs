@@ -4,32 +4,25 @@
 //! `sosfiltfilt`, `sosfilt`, `resample_poly`) on sweep 8 of the real ABF recording
 //! tests/fixtures/abf/171116sh_0018.abf (20 kHz, a spike and a current step in the segment).
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, Float64Type, Int64Type};
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::{Float32Type, Float64Type};
 use neurostream::preprocess::butterworth::{Band, butter_sos};
 use neurostream::preprocess::resample::{Padding, Resampler};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use crate::support::{cli_text, f32_list, f64_col, fixture, i64_col, read_parquet, workspace, write_parquet};
 
 fn npy_f64(name: &str) -> Vec<f64> {
-    let a: ndarray::Array1<f64> = ndarray_npy::read_npy(fixtures().join("sigproc").join(name)).unwrap();
+    let a: ndarray::Array1<f64> = ndarray_npy::read_npy(fixture("sigproc").join(name)).unwrap();
     a.to_vec()
 }
 
 fn segment() -> Vec<f64> {
-    let a: ndarray::Array1<f32> = ndarray_npy::read_npy(fixtures().join("sigproc/segment.npy")).unwrap();
+    let a: ndarray::Array1<f32> = ndarray_npy::read_npy(fixture("sigproc/segment.npy")).unwrap();
     a.iter().map(|&v| f64::from(v)).collect()
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("sigproc/ref.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture("sigproc/ref.json")).unwrap()).unwrap()
 }
 
 /// max |got − want| / max |want|: the error relative to the signal's scale.
@@ -94,41 +87,15 @@ fn polyphase_resampling_matches_scipy_resample_poly_on_a_real_sweep() {
 // Through the binary
 // ---------------------------------------------------------------------------------------------
 
-fn run(dir: &Path, verb: &str, file: &str) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args([verb, file]).current_dir(dir).output().unwrap();
-    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-fn read(path: &Path) -> RecordBatch {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
-    let schema = builder.schema().clone();
-    let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
-    arrow::compute::concat_batches(&schema, &batches).unwrap()
-}
-
-fn f32_list(b: &RecordBatch, col: &str, row: usize) -> Vec<f32> {
-    b.column_by_name(col).unwrap().as_list::<i64>().value(row).as_primitive::<Float32Type>().values().to_vec()
-}
-
-fn f64_col(b: &RecordBatch, col: &str) -> Vec<f64> {
-    b.column_by_name(col).unwrap().as_primitive::<Float64Type>().values().to_vec()
-}
-
-fn i64_col(b: &RecordBatch, col: &str) -> Vec<i64> {
-    b.column_by_name(col).unwrap().as_primitive::<Int64Type>().values().to_vec()
-}
-
 fn row_of(b: &RecordBatch, sweep: i64, chunk: Option<i64>) -> usize {
     let sweeps = i64_col(b, "sweep");
     let chunks = chunk.map(|_| i64_col(b, "chunk"));
     (0..b.num_rows()).find(|&r| sweeps[r] == sweep && chunks.as_ref().is_none_or(|c| Some(c[r]) == chunk)).unwrap()
 }
 
+/// A workspace with the real recording beside the pipeline.
 fn project(pipeline: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(fixtures().join("abf/171116sh_0018.abf"), tmp.path().join("171116sh_0018.abf")).unwrap();
-    std::fs::write(tmp.path().join("p.toml"), pipeline).unwrap();
-    tmp
+    workspace(pipeline, &[("abf/171116sh_0018.abf", "171116sh_0018.abf")])
 }
 
 const PIPELINE: &str = r#"
@@ -177,11 +144,11 @@ path = "out/windows.parquet"
 #[test]
 fn filter_resample_window_pipeline_on_a_real_abf_agrees_with_scipy() {
     let dir = project(PIPELINE);
-    let (code, text) = run(dir.path(), "run", "p.toml");
+    let (code, text) = cli_text(dir.path(), &["run", "p.toml"]);
     assert_eq!(code, 0, "{text}");
     let r = reference();
     let p = &r["pipeline"];
-    let lowpass = read(&dir.path().join("out/lowpass.parquet"));
+    let lowpass = read_parquet(&dir.path().join("out/lowpass.parquet"));
     let row = row_of(&lowpass, 8, None);
     let got = f32_list(&lowpass, "response", row);
     assert_eq!(got.len(), 60_000);
@@ -194,7 +161,7 @@ fn filter_resample_window_pipeline_on_a_real_abf_agrees_with_scipy() {
     eprintln!("pipeline sosfiltfilt vs scipy (float32 outputs): max relative difference {worst:.2e}");
     assert!(worst <= f32::EPSILON, "filtered sweep 8 differs from scipy by {worst} (more than one float32 step)");
 
-    let resampled = read(&dir.path().join("out/resampled.parquet"));
+    let resampled = read_parquet(&dir.path().join("out/resampled.parquet"));
     assert!(f64_col(&resampled, "sampling_rate_hz").iter().all(|&v| v == 5000.0));
     let schema = resampled.schema();
     assert_eq!(schema.field_with_name("sampling_rate_hz").unwrap().metadata().get("unit").map(String::as_str), Some("Hz"));
@@ -211,7 +178,7 @@ fn filter_resample_window_pipeline_on_a_real_abf_agrees_with_scipy() {
     eprintln!("pipeline resample_poly vs scipy (float32 outputs): max relative difference {worst:.2e}");
     assert!(worst <= 2.0 * f32::EPSILON, "resampled sweep 8 differs from scipy by {worst}");
 
-    let windows = read(&dir.path().join("out/windows.parquet"));
+    let windows = read_parquet(&dir.path().join("out/windows.parquet"));
     // 17 sweeps of 3 s, 30 windows of 0.1 s each.
     assert_eq!(windows.num_rows(), 17 * 30);
     let sweeps = i64_col(&windows, "sweep");
@@ -309,9 +276,9 @@ inputs = ["windows_chunks"]
 path = "out/windows_chunks.parquet"
 "#;
     let dir = project(pipeline);
-    let (code, text) = run(dir.path(), "run", "p.toml");
+    let (code, text) = cli_text(dir.path(), &["run", "p.toml"]);
     assert_eq!(code, 0, "{text}");
-    let out = |f: &str| read(&dir.path().join("out").join(f));
+    let out = |f: &str| read_parquet(&dir.path().join("out").join(f));
     let (cw, cc, zw, zc) = (out("causal_whole.parquet"), out("causal_chunks.parquet"), out("zero_whole.parquet"), out("zero_chunks.parquet"));
     assert_eq!(cc.num_rows(), 17 * 6);
     let mut zero_worst = 0.0f32;
@@ -347,12 +314,6 @@ path = "out/windows_chunks.parquet"
     // Values too: window 40 of sweep 3 (1.2 s, inside chunk 2's core).
     let pick = |b: &RecordBatch| (0..b.num_rows()).find(|&i| i64_col(b, "sweep")[i] == 3 && i64_col(b, "window")[i] == 40).unwrap();
     assert_eq!(f32_list(&ww, "response", pick(&ww)), f32_list(&wc, "response", pick(&wc)));
-}
-
-fn write_parquet(path: &Path, batch: &RecordBatch) {
-    let mut w = parquet::arrow::ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), None).unwrap();
-    w.write(batch).unwrap();
-    w.close().unwrap();
 }
 
 /// Epochs around a scalar onset column and around a list of event times: each epoch is the
@@ -434,16 +395,16 @@ path = "out/events.parquet"
 "#,
     )
     .unwrap();
-    let (code, text) = run(tmp.path(), "run", "p.toml");
+    let (code, text) = cli_text(tmp.path(), &["run", "p.toml"]);
     assert_eq!(code, 0, "{text}");
-    let onsets = read(&tmp.path().join("out/onsets.parquet"));
+    let onsets = read_parquet(&tmp.path().join("out/onsets.parquet"));
     assert_eq!(onsets.num_rows(), 2);
     assert_eq!(f32_list(&onsets, "response", 0), (250..400).map(|i| i as f32).collect::<Vec<_>>());
     assert_eq!(f32_list(&onsets, "response", 1)[0], 1550.0);
     assert_eq!(f64_col(&onsets, "event_s"), vec![0.3, 0.6]);
     assert_eq!(f64_col(&onsets, "window_start_s"), vec![0.25, 0.55]);
     assert_eq!(onsets.schema().field_with_name("event_s").unwrap().metadata().get("unit").map(String::as_str), Some("s"));
-    let events = read(&tmp.path().join("out/events.parquet"));
+    let events = read_parquet(&tmp.path().join("out/events.parquet"));
     // 0.005 s and 0.995 s run off the trace; 0.2 and 0.5 remain, numbered by their position.
     assert_eq!(events.num_rows(), 2);
     assert_eq!(i64_col(&events, "window"), vec![1, 2]);
@@ -489,7 +450,7 @@ inputs = ["win"]
 path = "out/w.parquet"
 "#;
     let dir = project(bad);
-    let (code, text) = run(dir.path(), "validate", "p.toml");
+    let (code, text) = cli_text(dir.path(), &["validate", "p.toml"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("p.toml:11:14: stage `lp`: -5 Hz must be a positive cutoff frequency"), "{text}");
     assert!(text.contains("p.toml:12:9: stage `lp`: 0 is outside 1..=16"), "{text}");
@@ -499,17 +460,17 @@ path = "out/w.parquet"
     // at the old rate.
     let fixed = bad.replace("lowpass_hz = -5\norder = 0", "lowpass_hz = 2000").replace("pre_s = 0.2\n", "");
     std::fs::write(dir.path().join("p.toml"), fixed).unwrap();
-    let (code, text) = run(dir.path(), "validate", "p.toml");
+    let (code, text) = cli_text(dir.path(), &["validate", "p.toml"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("p.toml:17:11: stage `rs`: `stimulus` is a trace too; list it, or drop it before this stage"), "{text}");
 
     let above = PIPELINE.replace("lowpass_hz = 2000", "lowpass_hz = 12000");
     std::fs::write(dir.path().join("p.toml"), above).unwrap();
-    let (code, text) = run(dir.path(), "validate", "p.toml");
+    let (code, text) = cli_text(dir.path(), &["validate", "p.toml"]);
     assert_eq!(code, 0, "the rate is a property of the data, known when a recording arrives:\n{text}");
-    let (code, text) = run(dir.path(), "run", "p.toml");
+    let (code, text) = cli_text(dir.path(), &["run", "p.toml"]);
     assert_eq!(code, 1, "{text}");
     let line = text.lines().find(|l| l.contains("FAILED")).unwrap_or_else(|| panic!("no failure line:\n{text}"));
     assert!(line.contains("lowpass") && line.contains("`lowpass_hz` = 12000 Hz is not below the Nyquist frequency 10000 Hz") && line.contains("sampled at 20000 Hz"), "{line}");
-    assert!(!dir.path().join("out/windows.parquet").exists() || read(&dir.path().join("out/windows.parquet")).num_rows() == 0, "nothing downstream of the failed recordings");
+    assert!(!dir.path().join("out/windows.parquet").exists() || read_parquet(&dir.path().join("out/windows.parquet")).num_rows() == 0, "nothing downstream of the failed recordings");
 }

@@ -5,13 +5,10 @@
 //! made by a model that trained on the same group (stimulus for the split, cell for the
 //! leave-one-cell-out scheme), reading the fold and group columns of the predictions table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{checkpoint_batches, cli, metrics, output_text, read_csv, repo};
 
 /// Writes `text` as `pipelines/<name>` of a fresh temp project (paths to the repository's data
 /// made absolute) and runs it; returns the project folder.
@@ -21,25 +18,9 @@ fn run_pipeline(name: &str, text: &str) -> tempfile::TempDir {
     let data = format!("{}/", repo().join("data").display());
     let text = text.replace("\"../data/", &format!("\"{data}"));
     std::fs::write(tmp.path().join("pipelines").join(name), &text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream"))
-        .args(["run", &format!("pipelines/{name}")])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "run failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cli(tmp.path(), &["run", &format!("pipelines/{name}")]);
+    assert!(out.status.success(), "run failed:\n{}", output_text(&out));
     tmp
-}
-
-fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines.map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect()).collect()
-}
-
-fn metrics(run_dir: &Path, stage: &str) -> serde_json::Value {
-    let p = run_dir.join("artifacts").join(stage).join("metrics.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
 /// A target's pooled scores hold every regression metric, finite.
@@ -272,21 +253,14 @@ fn allen_spikecounts_long_square_fi_model_on_all_cells() {
 fn read_preds(run_dir: &Path, stage: &str) -> Vec<(String, i64, i64, f64)> {
     use arrow::array::AsArray;
     use arrow::datatypes::{Float64Type, Int64Type};
-    let dirs: Vec<PathBuf> = std::fs::read_dir(run_dir.join(stage)).unwrap().flatten().map(|e| e.path()).filter(|p| p.join("manifest.json").exists()).collect();
-    assert_eq!(dirs.len(), 1, "{stage}: one checkpoint");
     let mut out = Vec::new();
-    for part in std::fs::read_dir(&dirs[0]).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")) {
-        let file = std::fs::File::open(&part).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let ids = b.column_by_name("recording_id").unwrap().as_string::<i32>().clone();
-            let sweep = b.column_by_name("sweep").unwrap().as_primitive::<Int64Type>().clone();
-            let fold = b.column_by_name("fold").unwrap().as_primitive::<Int64Type>().clone();
-            let y = b.column_by_name("spike_count").unwrap().as_primitive::<Float64Type>().clone();
-            for r in 0..b.num_rows() {
-                out.push((ids.value(r).to_string(), sweep.value(r), fold.value(r), y.value(r)));
-            }
+    for b in checkpoint_batches(run_dir, stage) {
+        let ids = b.column_by_name("recording_id").unwrap().as_string::<i32>().clone();
+        let sweep = b.column_by_name("sweep").unwrap().as_primitive::<Int64Type>().clone();
+        let fold = b.column_by_name("fold").unwrap().as_primitive::<Int64Type>().clone();
+        let y = b.column_by_name("spike_count").unwrap().as_primitive::<Float64Type>().clone();
+        for r in 0..b.num_rows() {
+            out.push((ids.value(r).to_string(), sweep.value(r), fold.value(r), y.value(r)));
         }
     }
     out
@@ -296,21 +270,15 @@ fn read_preds(run_dir: &Path, stage: &str) -> Vec<(String, i64, i64, f64)> {
 fn read_columns(run_dir: &Path, stage: &str, strings: &[&str], floats: &[&str]) -> Vec<(Vec<String>, Vec<Option<f64>>)> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Float64Type;
-    let dirs: Vec<PathBuf> = std::fs::read_dir(run_dir.join(stage)).unwrap().flatten().map(|e| e.path()).filter(|p| p.join("manifest.json").exists()).collect();
-    assert_eq!(dirs.len(), 1, "{stage}: one checkpoint");
     let mut out = Vec::new();
-    for part in std::fs::read_dir(&dirs[0]).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")) {
-        let file = std::fs::File::open(&part).unwrap();
-        for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
-            let b = b.unwrap();
-            let s: Vec<_> = strings.iter().map(|c| b.column_by_name(c).unwrap().as_string::<i32>().clone()).collect();
-            let f: Vec<_> = floats.iter().map(|c| b.column_by_name(c).unwrap().as_primitive::<Float64Type>().clone()).collect();
-            for r in 0..b.num_rows() {
-                out.push((
-                    s.iter().map(|a| a.value(r).to_string()).collect(),
-                    f.iter().map(|a| (!a.is_null(r)).then(|| a.value(r))).collect(),
-                ));
-            }
+    for b in checkpoint_batches(run_dir, stage) {
+        let s: Vec<_> = strings.iter().map(|c| b.column_by_name(c).unwrap().as_string::<i32>().clone()).collect();
+        let f: Vec<_> = floats.iter().map(|c| b.column_by_name(c).unwrap().as_primitive::<Float64Type>().clone()).collect();
+        for r in 0..b.num_rows() {
+            out.push((
+                s.iter().map(|a| a.value(r).to_string()).collect(),
+                f.iter().map(|a| (!a.is_null(r)).then(|| a.value(r))).collect(),
+            ));
         }
     }
     out

@@ -2,39 +2,13 @@
 //! real ABF recordings, every 4th sample; tests/fixtures/nwbmat/make_nwb.py) gives the same sweeps
 //! as `ingest.abf` on the ABF itself, and an NWB file with a missing piece fails alone, named.
 
-use std::fs::File;
-use std::path::Path;
-use std::process::Command;
+use arrow::array::AsArray;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Float32Type;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn read(path: &Path) -> RecordBatch {
-    let r = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = r.map(Result::unwrap).collect();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
-
-fn list_f32(b: &RecordBatch, col: &str, row: usize) -> Vec<f32> {
-    let l = b.column_by_name(col).unwrap().as_list::<i64>().value(row);
-    l.as_primitive::<Float32Type>().values().to_vec()
-}
+use crate::support::{f32_list, output_text, read_parquet, run_workspace, workspace};
 
 #[test]
 fn nwb_sweeps_equal_the_abf_sweeps_they_were_written_from_and_a_broken_file_fails_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    std::fs::create_dir_all(d.join("nwb")).unwrap();
-    std::fs::copy(fixtures().join("nwbmat/icephys_171116sh_0018.nwb"), d.join("nwb/icephys_171116sh_0018.nwb")).unwrap();
-    std::fs::copy(fixtures().join("nwbmat/bad_no_data.nwb"), d.join("nwb/bad_no_data.nwb")).unwrap();
-    std::fs::copy(fixtures().join("abf/171116sh_0018.abf"), d.join("171116sh_0018.abf")).unwrap();
-    std::fs::write(
-        d.join("p.toml"),
+    let tmp = workspace(
         r#"
 [pipeline]
 name = "ingest"
@@ -57,14 +31,19 @@ kind = "sink.parquet"
 inputs = ["abf"]
 path = "out/abf.parquet"
 "#,
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "p.toml"]).current_dir(d).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        &[
+            ("nwbmat/icephys_171116sh_0018.nwb", "nwb/icephys_171116sh_0018.nwb"),
+            ("nwbmat/bad_no_data.nwb", "nwb/bad_no_data.nwb"),
+            ("abf/171116sh_0018.abf", "171116sh_0018.abf"),
+        ],
+    );
+    let d = tmp.path();
+    let out = run_workspace(d);
+    let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "the broken file makes the run exit 1:\n{text}");
     assert!(text.contains("bad_no_data.nwb"), "the broken file is named:\n{text}");
-    let nwb = read(&d.join("out/nwb.parquet"));
-    let abf = read(&d.join("out/abf.parquet"));
+    let nwb = read_parquet(&d.join("out/nwb.parquet"));
+    let abf = read_parquet(&d.join("out/abf.parquet"));
     assert_eq!(nwb.num_rows(), 3, "sweeps 0, 8, 16 of the ABF were written to NWB");
     let sweeps = nwb.column_by_name("sweep").unwrap().as_primitive::<arrow::datatypes::Int64Type>().values().to_vec();
     assert_eq!(sweeps, vec![0, 8, 16]);
@@ -73,8 +52,8 @@ path = "out/abf.parquet"
     assert_eq!(rate, 5_000.0);
     for (row, &sweep) in sweeps.iter().enumerate() {
         for (col, tol) in [("response", 1e-4_f32), ("stimulus", 1e-3)] {
-            let a = list_f32(&nwb, col, row);
-            let b: Vec<f32> = list_f32(&abf, col, sweep as usize).into_iter().step_by(4).collect();
+            let a = f32_list(&nwb, col, row);
+            let b: Vec<f32> = f32_list(&abf, col, sweep as usize).into_iter().step_by(4).collect();
             assert_eq!(a.len(), b.len(), "{col} sweep {sweep}");
             let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             assert!(max <= tol * b.iter().fold(1.0f32, |m, v| m.max(v.abs())), "{col} sweep {sweep}: max difference {max}");
@@ -89,13 +68,7 @@ path = "out/abf.parquet"
 /// lands in the schema, and a second file with a malformed row fails alone, named with its line.
 #[test]
 fn csv_tables_read_with_inferred_types_declared_units_and_a_bad_file_failing_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    std::fs::create_dir_all(d.join("tables")).unwrap();
-    std::fs::copy(fixtures().join("hc3/hc3-cell-first2000.csv"), d.join("tables/a_cells.csv")).unwrap();
-    std::fs::write(d.join("tables/b_broken.csv"), "5,ec1,ec,1,2,CA1,0,0,0,0,0,0,1.5,1.5,p\n6,ec1,ec,1,3,CA1,0,0\n").unwrap();
-    std::fs::write(
-        d.join("p.toml"),
+    let tmp = workspace(
         r#"
 [pipeline]
 name = "csv"
@@ -131,16 +104,18 @@ kind = "sink.parquet"
 inputs = ["pyramidal"]
 path = "out/p.parquet"
 "#,
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "p.toml"]).current_dir(d).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        &[("hc3/hc3-cell-first2000.csv", "tables/a_cells.csv")],
+    );
+    let d = tmp.path();
+    std::fs::write(d.join("tables/b_broken.csv"), "5,ec1,ec,1,2,CA1,0,0,0,0,0,0,1.5,1.5,p\n6,ec1,ec,1,3,CA1,0,0\n").unwrap();
+    let out = run_workspace(d);
+    let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "the broken file makes the run exit 1:\n{text}");
     assert!(text.contains("b_broken.csv") && text.contains("line 2"), "the broken file is named, with the line:\n{text}");
-    let all = read(&d.join("out/all.parquet"));
+    let all = read_parquet(&d.join("out/all.parquet"));
     assert_eq!(all.num_rows(), 2000);
-    assert_eq!(read(&d.join("out/i.parquet")).num_rows(), 306);
-    assert_eq!(read(&d.join("out/p.parquet")).num_rows(), 1491);
+    assert_eq!(read_parquet(&d.join("out/i.parquet")).num_rows(), 306);
+    assert_eq!(read_parquet(&d.join("out/p.parquet")).num_rows(), 1491);
     let f = all.schema().field_with_name("column_13").unwrap().clone();
     assert_eq!(f.metadata().get("unit").map(String::as_str), Some("Hz"));
     assert_eq!(f.data_type(), &arrow::datatypes::DataType::Float64);

@@ -3,44 +3,12 @@
 //! files (tests/fixtures/featstage/ipfx_abf_reference.json, made by ipfx_abf_reference.py there).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_neurostream")
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-const FILES: [&str; 2] = ["171116sh_0018", "17o05028_ic_steps"];
-
-/// A temp dir with `abf/` holding copies of the given fixture files (by stem) and the pipeline.
-fn workspace(stems: &[&str], pipeline: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("abf")).unwrap();
-    for stem in stems {
-        std::fs::copy(fixtures().join(format!("abf/{stem}.abf")), tmp.path().join(format!("abf/{stem}.abf"))).unwrap();
-    }
-    std::fs::write(tmp.path().join("p.toml"), pipeline).unwrap();
-    tmp
-}
-
-fn run(dir: &Path) -> Output {
-    Command::new(bin()).args(["run", "p.toml"]).current_dir(dir).output().unwrap()
-}
-
-/// A CSV file as rows of column -> text.
-fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines.map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect()).collect()
-}
+use crate::support::{ABF_FILES, abf_workspace, cli, fixture, read_csv, repo, run_workspace};
 
 fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("featstage/ipfx_abf_reference.json")).unwrap();
+    let text = std::fs::read_to_string(fixture("featstage/ipfx_abf_reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -90,22 +58,22 @@ fn recording_files(dir: &Path) -> HashMap<String, String> {
         ids.insert(r["recording_id"].clone(), r["file"].clone());
     }
     let count = |stem: &str| rows.iter().filter(|r| r["file"] == stem).count();
-    assert_eq!((count(FILES[0]), count(FILES[1])), (17, 16));
+    assert_eq!((count(ABF_FILES[0]), count(ABF_FILES[1])), (17, 16));
     let kind = |stem: &str| rows.iter().find(|r| r["file"] == stem).unwrap()["stimulus_kind"].clone();
-    assert_eq!(kind(FILES[0]), "0113 steps dual -100 to 300 step 25");
-    assert_eq!(kind(FILES[1]), "0112 steps dual -50 to 150 step 10");
+    assert_eq!(kind(ABF_FILES[0]), "0113 steps dual -100 to 300 step 25");
+    assert_eq!(kind(ABF_FILES[1]), "0112 steps dual -50 to 150 step 10");
     ids
 }
 
 fn check_against_ipfx(filter: &str, key: &str) {
-    let tmp = workspace(&FILES, &spikes_pipeline(filter));
-    let out = run(tmp.path());
+    let tmp = abf_workspace(&spikes_pipeline(filter), &ABF_FILES);
+    let out = run_workspace(tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ids = recording_files(tmp.path());
     let spikes = read_csv(&tmp.path().join("out/spikes.csv"));
     let reference = reference();
     let mut compared = 0;
-    for stem in FILES {
+    for stem in ABF_FILES {
         for sweep in reference["files"][stem]["sweeps"].as_array().unwrap() {
             let s = sweep["sweep"].as_i64().unwrap().to_string();
             let ours: Vec<&HashMap<String, String>> =
@@ -153,8 +121,8 @@ kind = "sink.csv"
 inputs = ["features"]
 path = "out/features.csv"
 "#;
-    let tmp = workspace(&FILES, pipeline);
-    let out = run(tmp.path());
+    let tmp = abf_workspace(pipeline, &ABF_FILES);
+    let out = run_workspace(tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows = read_csv(&tmp.path().join("out/features.csv"));
     assert_eq!(rows.len(), 33);
@@ -166,7 +134,7 @@ path = "out/features.csv"
     }
     let mut max_rel = 0.0f64;
     for r in &rows {
-        let stem = if per_id[&r["recording_id"]] == 17 { FILES[0] } else { FILES[1] };
+        let stem = if per_id[&r["recording_id"]] == 17 { ABF_FILES[0] } else { ABF_FILES[1] };
         let sweep: usize = r["sweep"].parse().unwrap();
         let theirs = &reference["files"][stem]["sweeps"][sweep]["train_filter_5khz"];
         let label = format!("{stem} sweep {sweep}");
@@ -203,8 +171,8 @@ path = "out/features.csv"
 
 #[test]
 fn default_10khz_filter_is_refused_on_20khz_sweeps_with_advice() {
-    let tmp = workspace(&FILES[..1], &spikes_pipeline("10"));
-    let out = run(tmp.path());
+    let tmp = abf_workspace(&spikes_pipeline("10"), &ABF_FILES[..1]);
+    let out = run_workspace(tmp.path());
     let stderr = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "every sweep should fail:\n{stderr}");
     assert!(stderr.contains("20000 Hz"), "{stderr}");
@@ -213,12 +181,12 @@ fn default_10khz_filter_is_refused_on_20khz_sweeps_with_advice() {
 
 #[test]
 fn truncated_file_fails_alone() {
-    let tmp = workspace(&FILES, &spikes_pipeline("5"));
+    let tmp = abf_workspace(&spikes_pipeline("5"), &ABF_FILES);
     // A truncated copy of the first file (keeps the header, loses most of the data).
-    let bytes = std::fs::read(fixtures().join("abf/171116sh_0018.abf")).unwrap();
+    let bytes = std::fs::read(fixture("abf/171116sh_0018.abf")).unwrap();
     std::fs::write(tmp.path().join("abf/broken.abf"), &bytes[..bytes.len() / 3]).unwrap();
     std::fs::write(tmp.path().join("abf/garbage.abf"), b"not an abf file at all").unwrap();
-    let out = run(tmp.path());
+    let out = run_workspace(tmp.path());
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("broken.abf") && text.contains("truncated"), "{text}");
     assert!(text.contains("garbage.abf") && text.contains("not an ABF file"), "{text}");
@@ -227,7 +195,7 @@ fn truncated_file_fails_alone() {
     assert_eq!(ids.len(), 2);
     let spikes = read_csv(&tmp.path().join("out/spikes.csv"));
     let reference = reference();
-    for stem in FILES {
+    for stem in ABF_FILES {
         let want: u64 =
             reference["files"][stem]["sweeps"].as_array().unwrap().iter().map(|s| s["filter_5khz"]["count"].as_u64().unwrap()).sum();
         let ours = spikes.iter().filter(|r| ids[&r["recording_id"]] == stem).count() as u64;
@@ -237,7 +205,7 @@ fn truncated_file_fails_alone() {
 
 #[test]
 fn stages_are_listed_with_defaults() {
-    let out = Command::new(bin()).arg("stages").output().unwrap();
+    let out = cli(&repo(), &["stages"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for kind in ["ingest.abf", "features.spikes", "features.sweep"] {
         assert!(text.contains(kind), "{kind} missing from `neurostream stages`:\n{text}");
@@ -299,8 +267,8 @@ kind = "sink.csv"
 inputs = ["keys"]
 path = "out/chunks.csv"
 "#;
-    let tmp = workspace(&FILES, pipeline);
-    let out = run(tmp.path());
+    let tmp = abf_workspace(pipeline, &ABF_FILES);
+    let out = run_workspace(tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // 3 s sweeps in 0.25 s chunks: 12 chunk rows per sweep, cores tiling the sweep.
     let chunks = read_csv(&tmp.path().join("out/chunks.csv"));
@@ -376,8 +344,8 @@ paths = ["abf"]
 chunk_s = 0
 chunks_per_batch = 0
 "#;
-    let tmp = workspace(&FILES[..1], bad);
-    let out = run(tmp.path());
+    let tmp = abf_workspace(bad, &ABF_FILES[..1]);
+    let out = run_workspace(tmp.path());
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     // Issues point at the offending lines (chunk_s on line 8, chunks_per_batch on line 9).
@@ -404,8 +372,8 @@ inputs = ["chunks"]
 filter_khz = 5
 window = "stimulus"
 "#;
-    let tmp = workspace(&FILES[..1], sweep_on_chunks);
-    let out = run(tmp.path());
+    let tmp = abf_workspace(sweep_on_chunks, &ABF_FILES[..1]);
+    let out = run_workspace(tmp.path());
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(text.contains("need whole sweeps"), "{text}");

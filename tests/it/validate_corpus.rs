@@ -3,14 +3,11 @@
 //! other diagnostic), and nothing created in the run directory, by `validate` and by `run` alike.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_neurostream")
-}
+use crate::support::{cli, fixtures, repo};
 
 fn corpus() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/malformed");
+    let dir = repo().join("tests/malformed");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -46,7 +43,7 @@ fn every_malformed_file_reports_all_its_errors_at_the_right_place() {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let want = expected(&file);
         assert!(!want.is_empty(), "{name}: empty .expected");
-        let out = Command::new(bin()).arg("validate").arg(&name).current_dir(file.parent().unwrap()).output().unwrap();
+        let out = cli(file.parent().unwrap(), &["validate", &name]);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         if out.status.code() != Some(2) {
             failures.push(format!("{name}: exit {:?}, expected 2\n{stderr}", out.status.code()));
@@ -74,11 +71,10 @@ fn run_refuses_malformed_files_before_creating_anything() {
         let dst = tmp.path().join("malformed");
         std::fs::create_dir_all(&dst).unwrap();
         // Same relative layout, so paths to the fixtures resolve as in the repository.
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        std::os::unix::fs::symlink(&fixtures, tmp.path().join("fixtures")).unwrap();
+        std::os::unix::fs::symlink(fixtures(), tmp.path().join("fixtures")).unwrap();
         let name = file.file_name().unwrap();
         std::fs::copy(&file, dst.join(name)).unwrap();
-        let out = Command::new(bin()).arg("run").arg(name).current_dir(&dst).output().unwrap();
+        let out = cli(&dst, &["run", name.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(2), "{name:?}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(!dst.join("runs").exists(), "{name:?}: run created a run directory");
         let leftovers: Vec<_> = std::fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != name).collect();

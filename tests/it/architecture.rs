@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::support::repo;
+
 const KERNELS: [&str; 6] = ["simulate", "features", "preprocess", "dic", "train", "formats"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -42,7 +44,7 @@ fn module_of(src: &Path, file: &Path) -> String {
 
 /// `crate::X` references of every top-level module, with the files that make them.
 fn imports() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let mut out: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
@@ -124,7 +126,7 @@ fn the_runtime_and_the_kernels_never_import_the_stage_kinds() {
 
 #[test]
 fn kernels_import_neither_arrow_nor_parquet_nor_the_stage_core() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut bad = Vec::new();
     for k in KERNELS {
         let mut files = Vec::new();

@@ -4,17 +4,15 @@
 //! network and must give exactly what the model file predicts when loaded directly.
 #![cfg(feature = "dl-burn")]
 
-use std::fs::File;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, Float32Builder, Float64Array, ListBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use neurostream::train::models::{FittedModel, Prediction};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+use crate::support::{cli_text, read_parquet, write_parquet};
 
 const LEN: usize = 48;
 
@@ -66,9 +64,7 @@ fn write_table(path: &Path, n: usize, seed: u64, short_row: Option<usize>) {
         ],
     )
     .unwrap();
-    let mut w = ArrowWriter::try_new(File::create(path).unwrap(), schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet(path, &batch);
 }
 
 const TRAIN: &str = r#"
@@ -121,9 +117,10 @@ inputs = ["shape"]
 path = "out/predicted.parquet"
 "#;
 
+/// Runs a pipeline file of `dir`; returns (success, stdout + stderr).
 fn run(dir: &Path, file: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", file, "--quiet"]).current_dir(dir).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let (code, text) = cli_text(dir, &["run", file, "--quiet"]);
+    (code == 0, text)
 }
 
 fn pooled(dir: &Path, stage: &str, target: &str, key: &str) -> f64 {
@@ -154,9 +151,7 @@ fn mlp_and_cnn1d_train_from_toml_and_predict_model_reapplies_them() {
     std::fs::write(dir.join("predict.toml"), PREDICT).unwrap();
     let (ok, text) = run(dir, "predict.toml");
     assert!(ok, "prediction run failed:\n{text}");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(dir.join("out/predicted.parquet")).unwrap()).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    let b = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let b = read_parquet(&dir.join("out/predicted.parquet"));
     let predicted: Vec<String> = b.column_by_name("predicted_shape").unwrap().as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect();
     let model = FittedModel::from_file(&dir.join("out/shape/model.json")).unwrap();
     assert!(model.network().is_some(), "model.json holds the network");

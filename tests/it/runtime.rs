@@ -2,10 +2,41 @@
 //! spike counts, as Parquet written by pyarrow): caching, change propagation, replay, error
 //! isolation, unwritable run directories, and checkpoints read back by pyarrow.
 
-mod common;
-
-use common::*;
 use neurostream::checkpoint;
+
+use crate::support::*;
+
+/// The standard pipeline of these tests: a source fanned out to two branches, one ending in an export.
+const PIPELINE: &str = r#"
+[pipeline]
+name = "core"
+seed = 1
+
+[stages.sweeps]
+kind = "source.parquet"
+paths = ["data/*.parquet"]
+batch_rows = 500
+
+[stages.spiking]
+kind = "transform.filter"
+inputs = ["sweeps"]
+where = "spike_count > 0"
+
+[stages.keep]
+kind = "transform.select"
+inputs = ["spiking"]
+columns = ["recording_id", "sweep", "stimulus_amplitude", "spike_count"]
+
+[stages.export]
+kind = "sink.parquet"
+inputs = ["keep"]
+path = "out/spiking.parquet"
+
+[stages.amplitudes]
+kind = "transform.select"
+inputs = ["sweeps"]
+columns = ["recording_id", "stimulus_amplitude"]
+"#;
 
 #[test]
 fn second_run_recomputes_nothing() {
@@ -39,7 +70,7 @@ fn changing_one_option_recomputes_exactly_that_stage_and_its_descendants() {
     assert!(rows_after < rows_before, "a stricter filter keeps fewer rows ({rows_after} vs {rows_before})");
     // The old checkpoint stays until gc; the new one has a new fingerprint.
     assert_eq!(checkpoint::list(&p.run_dir().join("spiking")).len(), 2);
-    let gc = p.neurostream(&["gc", "pipeline.toml"]);
+    let gc = p.cli(&["gc", "pipeline.toml"]);
     assert!(gc.status.success(), "{}", stderr(&gc));
     assert_eq!(checkpoint::list(&p.run_dir().join("spiking")).len(), 1);
     assert!(p.run().1.stages.iter().all(|s| s.action == "reused"), "gc keeps the current checkpoints");
@@ -51,7 +82,7 @@ fn replay_regenerates_the_stage_and_descendants_and_leaves_upstream_untouched() 
     assert!(p.run().0.status.success());
     let upstream: Vec<Vec<u8>> = ["sweeps", "spiking", "amplitudes"].iter().map(|s| p.manifest_bytes(s)).collect();
     let keep_before = p.manifest_bytes("keep");
-    let out = p.neurostream(&["replay", "pipeline.toml", "--from", "keep"]);
+    let out = p.cli(&["replay", "pipeline.toml", "--from", "keep"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let r = p.report();
     assert_eq!(computed(&r), ["export", "keep"]);
@@ -71,13 +102,13 @@ fn replay_without_the_upstream_checkpoint_fails_clearly() {
     assert!(p.run().0.status.success());
     let keep_before = p.manifest_bytes("keep");
     std::fs::remove_dir_all(p.run_dir().join("spiking")).unwrap();
-    let out = p.neurostream(&["replay", "pipeline.toml", "--from", "keep"]);
+    let out = p.cli(&["replay", "pipeline.toml", "--from", "keep"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("stage `spiking` has no complete checkpoint"), "{err}");
     assert!(err.contains("neurostream run pipeline.toml"), "{err}");
     assert_eq!(keep_before, p.manifest_bytes("keep"), "nothing is recomputed when replay cannot start");
-    let bad = p.neurostream(&["replay", "pipeline.toml", "--from", "kep"]);
+    let bad = p.cli(&["replay", "pipeline.toml", "--from", "kep"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("did you mean `keep`?"), "{}", stderr(&bad));
 }
@@ -100,7 +131,7 @@ fn one_bad_file_fails_alone_and_the_run_exits_1_with_the_resume_command() {
     let err = stderr(&out);
     assert!(err.contains("mtg_spikecounts_c_truncated.parquet"), "{err}");
     assert!(err.contains("resume with: neurostream run pipeline.toml"), "{err}");
-    let status = p.neurostream(&["status", "pipeline.toml"]);
+    let status = p.cli(&["status", "pipeline.toml"]);
     let st = stdout(&status);
     assert!(st.lines().any(|l| l.starts_with("sweeps") && l.contains("error")), "{st}");
     assert!(st.contains("mtg_spikecounts_c_truncated.parquet"), "{st}");
@@ -130,7 +161,7 @@ fn a_file_with_an_unexpected_schema_fails_alone_naming_the_file() {
 fn unwritable_run_directory_is_reported_with_its_path() {
     let p = Project::new(&PIPELINE.replace("seed = 1", "seed = 1\nrun_dir = \"blocker/runs\""));
     std::fs::write(p.path().join("blocker"), b"a file where a folder should be").unwrap();
-    let out = p.neurostream(&["run", "pipeline.toml"]);
+    let out = p.cli(&["run", "pipeline.toml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("blocker/runs"), "{}", stderr(&out));
     assert!(!p.path().join("out").exists());
@@ -185,7 +216,7 @@ fn disk_full_while_writing_fails_cleanly_and_a_rerun_completes() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     let out = if mounted {
-        p.neurostream(&["run", "pipeline.toml"])
+        p.cli(&["run", "pipeline.toml"])
     } else {
         std::process::Command::new("bash")
             .args(["-c", &format!("trap '' XFSZ; ulimit -f 96; exec {} run pipeline.toml", bin())])
@@ -222,9 +253,9 @@ fn disk_full_while_writing_fails_cleanly_and_a_rerun_completes() {
     let ok = if mounted {
         let r = std::process::Command::new("mount").args(["-o", "remount,size=64m"]).arg(&small).status().unwrap();
         assert!(r.success());
-        p.neurostream(&["run", "pipeline.toml"])
+        p.cli(&["run", "pipeline.toml"])
     } else {
-        p.neurostream(&["run", "pipeline.toml"])
+        p.cli(&["run", "pipeline.toml"])
     };
     let ok_err = stderr(&ok);
     cleanup();

@@ -5,24 +5,10 @@
 //! preprocessing run in numpy/scipy (tests/fixtures/natimg/tiny_reference.py), the occupancy
 //! report against numpy's bin counts, and the baselines against the label counts.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use arrow::array::{AsArray, RecordBatch, RecordBatchReader};
+use arrow::array::AsArray;
 use arrow::datatypes::{Float32Type, Int64Type};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
-}
-
-fn read_parquet(path: &Path) -> RecordBatch {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
-    let schema = reader.schema();
-    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
-    arrow::compute::concat_batches(&schema, &batches).unwrap()
-}
+use crate::support::{cli, fixture, output_text, read_parquet};
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -75,8 +61,8 @@ fn natimg_pipeline_matches_study_preprocessing_and_reports_occupancy_and_baselin
     std::fs::copy(fixture("natimg/natimg_tiny.mat"), dir.join("data/natimg_tiny.mat")).unwrap();
     std::fs::copy(fixture("nwbmat/stimuli_class_assignment_confident.mat"), dir.join("data/stimuli_class_assignment_confident.mat")).unwrap();
     std::fs::write(dir.join("pipeline.toml"), PIPELINE).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "pipeline.toml", "--quiet"]).current_dir(dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cli(dir, &["run", "pipeline.toml", "--quiet"]);
+    let text = output_text(&out);
     assert!(out.status.success(), "run failed:\n{text}");
 
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("natimg/tiny_reference.json")).unwrap()).unwrap();
@@ -155,8 +141,8 @@ fn bad_class_file_and_missing_grid_are_clear() {
         "[pipeline]\nname = \"bad\"\n[stages.r]\nkind = \"ingest.natimg\"\npaths = [\"data/natimg_tiny.mat\"]\nclasses = \"data/classes.csv\"\n[stages.v]\nkind = \"preprocess.voxelize\"\ninputs = [\"r\"]\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["validate", "p.toml"]).current_dir(dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cli(dir, &["validate", "p.toml"]);
+    let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("classes.csv") && text.contains("line 2"), "the class file error names file and line:\n{text}");
     assert!(text.contains("bins") && text.contains("bin_size"), "voxelize without a grid is refused:\n{text}");
@@ -196,8 +182,8 @@ path = "out/voxels.parquet"
 "#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "p.toml"]).current_dir(dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cli(dir, &["run", "p.toml"]);
+    let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("broken.mat"), "the failure names the file:\n{text}");
     let b = read_parquet(&dir.join("out/voxels.parquet"));

@@ -7,13 +7,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Float64Type;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
+
+use crate::support::{cli, metrics, output_text, read_parquet_batches};
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -80,19 +80,16 @@ fn write_table(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Runs PIPELINE on the constructed table; returns the project folder and its run directory.
 fn run() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("data")).unwrap();
     write_table(&tmp.path().join("data/table.csv"));
     std::fs::write(tmp.path().join("pipeline.toml"), PIPELINE).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "pipeline.toml", "--quiet"]).current_dir(tmp.path()).output().unwrap();
-    assert!(out.status.success(), "run failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let artifacts = tmp.path().join("runs/plots/artifacts");
-    (tmp, artifacts)
-}
-
-fn metrics(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+    let out = cli(tmp.path(), &["run", "pipeline.toml", "--quiet"]);
+    assert!(out.status.success(), "run failed:\n{}", output_text(&out));
+    let run_dir = tmp.path().join("runs/plots");
+    (tmp, run_dir)
 }
 
 fn files(dir: &Path) -> BTreeSet<String> {
@@ -140,11 +137,12 @@ fn importance(v: &serde_json::Value) -> Vec<(String, f64, f64)> {
 
 #[test]
 fn classify_and_regress_write_readable_figures_and_rank_the_informative_feature() {
-    let (_tmp, artifacts) = run();
+    let (_tmp, run_dir) = run();
+    let artifacts = run_dir.join("artifacts");
 
     // train.classify: confusion matrix, importance, learning curve.
     let dir = artifacts.join("classify");
-    let m = metrics(&dir);
+    let m = metrics(&run_dir, "classify");
     let expected: BTreeSet<String> =
         ["confusion.png", "importance.png", "learning_curve.png", "metrics.json", "metrics.parquet", "model.json"].map(String::from).into();
     assert_eq!(files(&dir), expected, "the artifacts folder holds exactly these");
@@ -177,7 +175,7 @@ fn classify_and_regress_write_readable_figures_and_rank_the_informative_feature(
 
     // train.regress: predicted vs true coloured by session, importance, learning curve.
     let dir = artifacts.join("regress");
-    let m = metrics(&dir);
+    let m = metrics(&run_dir, "regress");
     assert_eq!(m["plots"], serde_json::json!(["predicted_vs_true.png", "importance.png", "learning_curve.png"]));
     let px = check_png(&dir.join("predicted_vs_true.png"), (800, 800));
     // Three sessions, three palette colours (Tableau blue, orange, green at 70% over white).
@@ -201,10 +199,8 @@ fn classify_and_regress_write_readable_figures_and_rank_the_informative_feature(
     let points = t["learning_curve"]["points"].as_array().unwrap();
     assert!((points[2]["validation_score"].as_f64().unwrap() - r2).abs() < 1e-12);
     // The same numbers in metrics.parquet's rows, as the other metrics.
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(dir.join("metrics.parquet")).unwrap()).unwrap().build().unwrap();
     let mut found = Vec::new();
-    for b in reader {
-        let b = b.unwrap();
+    for b in read_parquet_batches(&[dir.join("metrics.parquet")]) {
         let col = |n: &str| arrow::compute::cast(b.column_by_name(n).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
         let (scope, metric, value) = (col("scope"), col("metric"), b.column_by_name("value").unwrap().clone());
         let (scope, metric, value) = (scope.as_string::<i32>(), metric.as_string::<i32>(), value.as_primitive::<Float64Type>());
@@ -221,14 +217,14 @@ fn classify_and_regress_write_readable_figures_and_rank_the_informative_feature(
     // Leave-one-out: one-row folds, and the importance still ranks (the shuffle spans all folds).
     let dir = artifacts.join("classify_loo");
     assert_eq!(files(&dir), ["metrics.json", "metrics.parquet", "model.json"].map(String::from).into());
-    let imp = importance(&metrics(&dir)["targets"]["cell_type"]["permutation_importance"]);
+    let imp = importance(&metrics(&run_dir, "classify_loo")["targets"]["cell_type"]["permutation_importance"]);
     assert_eq!(imp[0].0, "informative", "{imp:?}");
     assert!(imp[0].1 > 0.3 && imp[1].1.abs() < 0.05, "{imp:?}");
 
     // plots = false, importance_repeats = 0: the artifacts are as before.
     let dir = artifacts.join("quiet");
     assert_eq!(files(&dir), ["metrics.json", "metrics.parquet", "model.json"].map(String::from).into());
-    let m = metrics(&dir);
+    let m = metrics(&run_dir, "quiet");
     assert_eq!(m["plots"], serde_json::json!([]));
     assert!(m["targets"]["g_syn"].get("permutation_importance").is_none());
     // No temporary folder of the atomic commit is left behind.
@@ -243,8 +239,8 @@ fn a_bad_learning_curve_is_refused_before_anything_runs() {
     write_table(&tmp.path().join("data/table.csv"));
     let text = PIPELINE.replace("learning_curve = [0.25, 0.5, 1.0]", "learning_curve = [0.5, 0.0, 0.5, 1.5]");
     std::fs::write(tmp.path().join("pipeline.toml"), text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["validate", "pipeline.toml"]).current_dir(tmp.path()).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cli(tmp.path(), &["validate", "pipeline.toml"]);
+    let text = output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     for needle in ["0: a fraction of the training rows must be in (0, 1]", "0.5 is listed twice", "1.5: a fraction"] {
         assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
@@ -278,10 +274,10 @@ labels = "cell_type"
 model = { model = "k_means", n_clusters = 4, n_runs = 5 }
 "#;
     std::fs::write(tmp.path().join("pipeline.toml"), pipeline).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_neurostream")).args(["run", "pipeline.toml", "--quiet"]).current_dir(tmp.path()).output().unwrap();
-    assert!(out.status.success(), "run failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cli(tmp.path(), &["run", "pipeline.toml", "--quiet"]);
+    assert!(out.status.success(), "run failed:\n{}", output_text(&out));
     let dir = tmp.path().join("runs/plots/artifacts/cluster");
-    let m = metrics(&dir);
+    let m = metrics(&tmp.path().join("runs/plots"), "cluster");
     assert_eq!(m["plots"], serde_json::json!(["confusion.png"]), "{m}");
     assert!(m.get("plot_errors").is_none(), "{}", m["plot_errors"]);
     let px = check_png(&dir.join("confusion.png"), (900, 800));

@@ -4,39 +4,27 @@
 //! Spike2Pop's SpikeFeatureExtractor labels of the same trains (stg_set_features.json).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_neurostream")
-}
+use crate::support::{self, fixture, output_text, read_csv, repo, run_workspace};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicstage")
-}
-
+/// A scratch folder with the pipeline and `trains.csv` holding `csv`.
 fn workspace(csv: &str, pipeline: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = support::workspace(pipeline, &[]);
     std::fs::write(tmp.path().join("trains.csv"), csv).unwrap();
-    std::fs::write(tmp.path().join("p.toml"), pipeline).unwrap();
     tmp
 }
 
+/// Runs the workspace's pipeline; returns the output and its text (stdout + stderr).
 fn run(dir: &Path) -> (Output, String) {
-    let out = Command::new(bin()).args(["run", "p.toml"]).current_dir(dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = run_workspace(dir);
+    let text = output_text(&out);
     (out, text)
 }
 
-fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines.map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect()).collect()
-}
-
 fn upstream_labels() -> HashMap<String, &'static str> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("stg_set_features.json")).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("dicstage/stg_set_features.json")).unwrap()).unwrap();
     v["rows"]
         .as_array()
         .unwrap()
@@ -111,7 +99,7 @@ path = "out/cells.csv"
 
 #[test]
 fn population_classes_match_the_example_trains() {
-    let csv = std::fs::read_to_string(fixtures().join("stg_set.csv")).unwrap();
+    let csv = std::fs::read_to_string(fixture("dicstage/stg_set.csv")).unwrap();
     let tmp = workspace(&csv, FULL);
     let (out, text) = run(tmp.path());
     assert!(out.status.success(), "{text}");
@@ -163,7 +151,7 @@ path = "out/trains.csv"
 
 #[test]
 fn bad_csv_rows_fail_alone() {
-    let good = std::fs::read_to_string(fixtures().join("stg_set.csv")).unwrap();
+    let good = std::fs::read_to_string(fixture("dicstage/stg_set.csv")).unwrap();
     let mut csv = good.trim_end().to_string();
     csv.push_str(
         "\nunsorted,\"[1.0, 3.0, 2.0, 4.0]\"\n\
@@ -280,7 +268,7 @@ path = "out/predictions.csv"
     assert!(tmp.path().join("models/model-g_s_target.json").exists() && tmp.path().join("models/metrics.parquet").exists());
 
     // The trained models replace the reference set of dic.estimate.
-    let csv = std::fs::read_to_string(fixtures().join("stg_set.csv")).unwrap();
+    let csv = std::fs::read_to_string(fixture("dicstage/stg_set.csv")).unwrap();
     std::fs::write(tmp.path().join("trains.csv"), csv).unwrap();
     std::fs::write(
         tmp.path().join("p.toml"),
@@ -332,7 +320,7 @@ path = "out/targets.csv"
 /// refinement"), so such a test would pin a seed's luck rather than a property.
 #[test]
 fn refinement_rounds_refine_on_a_halved_grid() {
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/dic_models");
+    let models = repo().join("data/dic_models");
     let m = |f: &str| models.join(f).display().to_string();
     let estimate = |refine: &str| {
         format!(
@@ -369,7 +357,7 @@ path = "out/targets.csv"
         )
     };
     // Train 5 of the example set: the doublet burster at the spiking/bursting border.
-    let csv = std::fs::read_to_string(fixtures().join("stg_set.csv")).unwrap();
+    let csv = std::fs::read_to_string(fixture("dicstage/stg_set.csv")).unwrap();
     let one: String = csv.lines().enumerate().filter(|(i, _)| *i == 0 || *i == 5).map(|(_, l)| format!("{l}\n")).collect();
     let target = |refine: &str| -> (f64, f64) {
         let tmp = workspace(&one, &estimate(refine));

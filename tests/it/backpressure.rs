@@ -1,13 +1,12 @@
 //! Backpressure: with a deliberately slow consumer, rows in flight on its input edge never exceed
 //! the bound (read from the run's counters), and the producer reports time blocked by it.
 
-mod common;
-
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use neurostream::runtime::{Mode, RunOptions, run_pipeline};
+use crate::support::Project;
 use neurostream::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageContext, StageDef, TransformOperator};
 
 /// Wraps a real stage; its operator sleeps before each batch, like an expensive model fit.
@@ -81,7 +80,7 @@ kind = "transform.select"
 inputs = ["sweeps"]
 columns = ["sweep"]
 "#;
-    let p = common::Project::new(text);
+    let p = Project::new(text);
     let path = p.path().join("pipeline.toml");
     let mut pipeline = neurostream::pipeline::parse_str(&path, text).unwrap();
     let i = pipeline.index_of("keep").unwrap();

@@ -2,8 +2,6 @@
 //! several points and then run again ends with Parquet outputs identical in rows and values to an
 //! uninterrupted run, and no partial checkpoint is ever visible in between.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -11,10 +9,11 @@ use std::time::Instant;
 
 use arrow::array::{Float32Builder, Float64Array, Int64Array, LargeListBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::*;
 use neurostream::checkpoint;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::support::*;
 
 /// Six files of synthetic sweeps (deterministic), large enough that a run takes a while.
 fn write_data(dir: &Path) {
@@ -91,15 +90,6 @@ inputs = ["sweeps"]
 columns = ["recording_id", "stimulus_amplitude"]
 "#;
 
-fn read_all(files: &[std::path::PathBuf]) -> Vec<RecordBatch> {
-    let mut out = Vec::new();
-    for f in files {
-        let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap().build().unwrap();
-        out.extend(r.map(|b| b.unwrap()));
-    }
-    out
-}
-
 fn concat(batches: &[RecordBatch]) -> RecordBatch {
     arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap()
 }
@@ -175,10 +165,10 @@ fn killed_runs_resume_to_outputs_identical_to_an_uninterrupted_run() {
         let b = checkpoint::list(&killed.run_dir().join(stage)).remove(0);
         assert_eq!(a.manifest.fingerprint, b.manifest.fingerprint);
         assert_eq!(a.manifest.rows, b.manifest.rows, "{stage}");
-        assert_eq!(concat(&read_all(&a.part_files())), concat(&read_all(&b.part_files())), "{stage}: values differ");
+        assert_eq!(concat(&read_parquet_batches(&a.part_files())), concat(&read_parquet_batches(&b.part_files())), "{stage}: values differ");
     }
-    let a = concat(&read_all(&[reference.path().join("out/spiking.parquet")]));
-    let b = concat(&read_all(&[killed.path().join("out/spiking.parquet")]));
+    let a = read_parquet(&reference.path().join("out/spiking.parquet"));
+    let b = read_parquet(&killed.path().join("out/spiking.parquet"));
     assert_eq!(a, b, "exports differ");
     assert!(a.num_rows() > 0);
 }

@@ -4,8 +4,6 @@
 //! are present exactly once, every bad file is quarantined with its error, and the ledger agrees
 //! with the checkpoints. Bounded in time: every wait has a deadline.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command};
@@ -14,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::*;
 use neurostream::checkpoint;
 use neurostream::runtime::watch::read_ledger;
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::support::*;
 
 const WATCH_PIPELINE: &str = r#"
 [pipeline]
@@ -55,9 +52,7 @@ fn write_recording(path: &Path, id: usize, rows: usize) {
         ],
     )
     .unwrap();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
-    w.write(&b).unwrap();
-    w.close().unwrap();
+    write_parquet(path, &b);
 }
 
 /// The dropper: a separate Python process that copies staged files into the inbox on a schedule.
@@ -193,13 +188,10 @@ fn soak_200_files_with_slow_corrupt_duplicate_files_and_a_sigkill() {
     assert_eq!(on_disk, in_ledger);
     let mut seen_rows: BTreeMap<String, usize> = BTreeMap::new();
     for cp in checkpoint::list(&p.run_dir().join("keep")) {
-        for f in cp.part_files() {
-            for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap().build().unwrap() {
-                let b = b.unwrap();
-                let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-                for id in ids.iter().flatten() {
-                    *seen_rows.entry(id.to_string()).or_default() += 1;
-                }
+        for b in read_parquet_batches(&cp.part_files()) {
+            let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            for id in ids.iter().flatten() {
+                *seen_rows.entry(id.to_string()).or_default() += 1;
             }
         }
     }
@@ -347,10 +339,8 @@ filter_khz = 5
         let cp = if cp.is_absolute() { cp } else { p.path().join(cp) };
         let cp = checkpoint::Checkpoint { manifest: checkpoint::read_manifest(&cp).unwrap(), dir: cp };
         let mut n = 0;
-        for f in cp.part_files() {
-            for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap().build().unwrap() {
-                n += b.unwrap().num_rows();
-            }
+        for b in read_parquet_batches(&cp.part_files()) {
+            n += b.num_rows();
         }
         n
     };
@@ -427,14 +417,10 @@ inputs = ["inbox", "counts"]
     let refit = checkpoint::list(&p.run_dir().join("refit/predicted"));
     assert_eq!(refit.len(), 1, "one prediction checkpoint");
     let mut xy = Vec::new();
-    for part in refit[0].part_files() {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(part).unwrap()).unwrap().build().unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let x = b.column_by_name("stimulus_amplitude").unwrap().as_any().downcast_ref::<Float64Array>().unwrap().clone();
-            let y = b.column_by_name("prediction").expect("a prediction column").as_any().downcast_ref::<Float64Array>().unwrap().clone();
-            xy.extend(x.values().iter().copied().zip(y.values().iter().copied()));
-        }
+    for b in read_parquet_batches(&refit[0].part_files()) {
+        let x = b.column_by_name("stimulus_amplitude").unwrap().as_any().downcast_ref::<Float64Array>().unwrap().clone();
+        let y = b.column_by_name("prediction").expect("a prediction column").as_any().downcast_ref::<Float64Array>().unwrap().clone();
+        xy.extend(x.values().iter().copied().zip(y.values().iter().copied()));
     }
     assert_eq!(xy.len(), 40);
     let (x0, y0) = xy[0];
