@@ -102,6 +102,11 @@ pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// The hint "; did you mean `x`?" for the [`nearest`] candidate, if there is one.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    nearest(word, candidates).map(|n| format!("; did you mean `{n}`?"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +125,6 @@ mod tests {
         let kinds = ["transform.select", "transform.filter", "sink.parquet"];
         assert_eq!(nearest("transform.selct", kinds), Some("transform.select"));
         assert_eq!(nearest("completely.else", kinds), None);
+        assert_eq!(did_you_mean("sink.parquett", kinds).as_deref(), Some("; did you mean `sink.parquet`?"));
     }
 }

@@ -3,8 +3,8 @@
 //! A stage is a small config struct (serde, unknown fields rejected, doc comments that become
 //! `neurostream stages`) implementing [`crate::stage::StageConfig`], plus an operator built from it that turns
 //! record batches into record batches. The list of kinds is [`registry`]: a plain list, easy to
-//! audit, no registration magic. Families live in their own modules (`generic` holds the sources,
-//! sinks and transforms every pipeline needs; simulation, features, ingestion and training add theirs).
+//! audit, no registration magic. Families live in their own folders (`source`, `transform` and `sink`
+//! hold what every pipeline needs; simulation, features, ingestion and training add theirs).
 
 pub mod source;
 pub mod ingest;
@@ -19,14 +19,11 @@ pub mod sink;
 // Files not yet split into their families (one kind per file).
 pub mod allen;
 pub mod cell;
-pub mod csv_source;
-pub mod derive;
 pub mod old_dic;
 pub mod dic_data;
 pub mod old_features;
 pub mod features_membrane;
 pub mod features_trace;
-pub mod generic;
 pub mod group_stats;
 pub mod old_ingest;
 pub mod old_preprocess;
@@ -59,13 +56,6 @@ pub fn registry() -> Vec<KindEntry> {
 /// Kinds whose code has not moved into its family folder yet.
 fn not_yet_in_a_family() -> Vec<KindEntry> {
     vec![
-        entry::<generic::SourceParquet>(),
-        entry::<csv_source::SourceCsv>(),
-        entry::<generic::SinkParquet>(),
-        entry::<generic::SinkCsv>(),
-        entry::<generic::Select>(),
-        entry::<generic::Filter>(),
-        entry::<derive::TransformDerive>(),
         entry::<old_simulate::SimulateGlif>(),
         entry::<old_simulate::SimulateStg>(),
         entry::<simulate_hh::SimulateHh>(),

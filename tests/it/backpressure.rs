@@ -84,7 +84,7 @@ columns = ["sweep"]
     let path = p.path().join("pipeline.toml");
     let mut pipeline = neurostream::pipeline::parse_str(&path, text).unwrap();
     let i = pipeline.index_of("keep").unwrap();
-    let inner = std::mem::replace(&mut pipeline.stages[i].def, Box::new(Slow(Box::new(neurostream::stages::generic::Select { columns: vec![], drop: vec![] }))));
+    let inner = std::mem::replace(&mut pipeline.stages[i].def, Box::new(Slow(Box::new(neurostream::stages::transform::select::Select { columns: vec![], drop: vec![] }))));
     pipeline.stages[i].def = Box::new(Slow(inner));
 
     let rt = tokio::runtime::Runtime::new().unwrap();

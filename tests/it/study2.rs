@@ -8,7 +8,7 @@
 use arrow::array::AsArray;
 use arrow::datatypes::{Float32Type, Int64Type};
 
-use crate::support::{cli, fixture, output_text, read_parquet};
+use crate::support::{cli, fixture, output_text, read_parquet, workspace};
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -55,13 +55,15 @@ path = "out/predictions.csv"
 
 #[test]
 fn natimg_pipeline_matches_study_preprocessing_and_reports_occupancy_and_baselines() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = workspace(
+        PIPELINE,
+        &[
+            ("natimg/natimg_tiny.mat", "data/natimg_tiny.mat"),
+            ("nwbmat/stimuli_class_assignment_confident.mat", "data/stimuli_class_assignment_confident.mat"),
+        ],
+    );
     let dir = tmp.path();
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::copy(fixture("natimg/natimg_tiny.mat"), dir.join("data/natimg_tiny.mat")).unwrap();
-    std::fs::copy(fixture("nwbmat/stimuli_class_assignment_confident.mat"), dir.join("data/stimuli_class_assignment_confident.mat")).unwrap();
-    std::fs::write(dir.join("pipeline.toml"), PIPELINE).unwrap();
-    let out = cli(dir, &["run", "pipeline.toml", "--quiet"]);
+    let out = cli(dir, &["run", "p.toml", "--quiet"]);
     let text = output_text(&out);
     assert!(out.status.success(), "run failed:\n{text}");
 
@@ -131,16 +133,12 @@ fn natimg_pipeline_matches_study_preprocessing_and_reports_occupancy_and_baselin
 
 #[test]
 fn bad_class_file_and_missing_grid_are_clear() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::copy(fixture("natimg/natimg_tiny.mat"), dir.join("data/natimg_tiny.mat")).unwrap();
-    std::fs::write(dir.join("data/classes.csv"), "image_index_0based,image_id_1based_matlab,class_id,class_name\n0,1,x,birds\n").unwrap();
-    std::fs::write(
-        dir.join("p.toml"),
+    let tmp = workspace(
         "[pipeline]\nname = \"bad\"\n[stages.r]\nkind = \"ingest.natimg\"\npaths = [\"data/natimg_tiny.mat\"]\nclasses = \"data/classes.csv\"\n[stages.v]\nkind = \"preprocess.voxelize\"\ninputs = [\"r\"]\n",
-    )
-    .unwrap();
+        &[("natimg/natimg_tiny.mat", "data/natimg_tiny.mat")],
+    );
+    let dir = tmp.path();
+    std::fs::write(dir.join("data/classes.csv"), "image_index_0based,image_id_1based_matlab,class_id,class_name\n0,1,x,birds\n").unwrap();
     let out = cli(dir, &["validate", "p.toml"]);
     let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
@@ -150,16 +148,7 @@ fn bad_class_file_and_missing_grid_are_clear() {
 
 #[test]
 fn truncated_recording_fails_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    std::fs::create_dir_all(dir.join("rec")).unwrap();
-    std::fs::create_dir_all(dir.join("labels")).unwrap();
-    let bytes = std::fs::read(fixture("natimg/natimg_tiny.mat")).unwrap();
-    std::fs::write(dir.join("rec/natimg_tiny.mat"), &bytes).unwrap();
-    std::fs::write(dir.join("rec/broken.mat"), &bytes[..bytes.len() / 2]).unwrap();
-    std::fs::copy(fixture("nwbmat/class_assignment_confident.csv"), dir.join("labels/classes.csv")).unwrap();
-    std::fs::write(
-        dir.join("p.toml"),
+    let tmp = workspace(
         r#"
 [pipeline]
 name = "broken"
@@ -180,8 +169,11 @@ kind = "sink.parquet"
 inputs = ["v"]
 path = "out/voxels.parquet"
 "#,
-    )
-    .unwrap();
+        &[("natimg/natimg_tiny.mat", "rec/natimg_tiny.mat"), ("nwbmat/class_assignment_confident.csv", "labels/classes.csv")],
+    );
+    let dir = tmp.path();
+    let bytes = std::fs::read(fixture("natimg/natimg_tiny.mat")).unwrap();
+    std::fs::write(dir.join("rec/broken.mat"), &bytes[..bytes.len() / 2]).unwrap();
     let out = cli(dir, &["run", "p.toml"]);
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");

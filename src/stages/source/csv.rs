@@ -7,16 +7,18 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Seek};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::csv::reader::Format;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext};
+use super::files::{glob_files, listed_files};
 use crate::error::{Error, Result};
+use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext};
 
 fn d_true() -> bool {
     true
@@ -55,29 +57,14 @@ pub struct SourceCsv {
 }
 
 impl SourceCsv {
-    fn files(&self, ctx: &StageContext) -> std::result::Result<Vec<PathBuf>, Issue> {
-        let mut files = Vec::new();
-        for (i, pattern) in self.paths.iter().enumerate() {
-            let full = ctx.resolve(pattern);
-            let matches = glob::glob(&full.to_string_lossy()).map_err(|e| Issue::at_index("paths", i, format!("bad glob pattern: {e}")))?;
-            let before = files.len();
-            files.extend(matches.flatten().filter(|p| p.is_file()));
-            if files.len() == before {
-                return Err(Issue::at_index("paths", i, format!("no file matches `{}`", full.display())));
-            }
-        }
-        files.sort();
-        files.dedup();
-        Ok(files)
-    }
-
     fn format(&self) -> Format {
         Format::default().with_header(self.has_header).with_delimiter(self.delimiter.as_bytes()[0])
     }
 
-    fn schema_of(&self, path: &std::path::Path) -> std::result::Result<SchemaRef, String> {
-        let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let (schema, _) = self.format().infer_schema(&mut f, Some(self.infer_rows)).map_err(|e| format!("{}: {e}", path.display()))?;
+    /// The schema inferred from a file's leading rows, with the declared units attached.
+    fn schema_of(&self, path: &Path) -> Result<SchemaRef> {
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let (schema, _) = self.format().infer_schema(&mut f, Some(self.infer_rows)).map_err(|e| Error::arrow(path.display().to_string(), e))?;
         let fields: Vec<Field> = schema
             .fields()
             .iter()
@@ -94,11 +81,13 @@ impl StageConfig for SourceCsv {
     const KIND: &'static str = "source.csv";
     const SUMMARY: &'static str = "Read CSV tables (files, globs) with inferred types and declared units";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "paths = [\"tables/*.csv\"]\nunits = { stimulus_amplitude = \"pA\" }";
 
     fn arity() -> Arity {
         Arity::Source
     }
 
+    /// Each file's rows pass on unchanged, so any split of the files is a split of the output.
     fn partitioning(&self) -> Partitioning {
         Partitioning::RowWise
     }
@@ -107,7 +96,7 @@ impl StageConfig for SourceCsv {
         let mut issues = Vec::new();
         if self.paths.is_empty() {
             issues.push(Issue::at(&["paths"], "give at least one CSV file or glob pattern"));
-        } else if let Err(i) = self.files(ctx) {
+        } else if let Err(i) = glob_files(ctx, &self.paths) {
             issues.push(i);
         }
         if self.delimiter.len() != 1 || !self.delimiter.is_ascii() {
@@ -120,8 +109,8 @@ impl StageConfig for SourceCsv {
     }
 
     fn output_schema(&self, ctx: &StageContext, _inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
-        let files = self.files(ctx).map_err(|i| vec![i])?;
-        let schema = self.schema_of(&files[0]).map_err(|e| vec![Issue::at(&["paths"], e)])?;
+        let files = glob_files(ctx, &self.paths).map_err(|i| vec![i])?;
+        let schema = self.schema_of(&files[0]).map_err(|e| vec![Issue::at(&["paths"], e.to_string())])?;
         let missing: Vec<Issue> = self
             .units
             .keys()
@@ -132,7 +121,7 @@ impl StageConfig for SourceCsv {
     }
 
     fn external_inputs(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
-        self.files(ctx).map_err(|i| Error::msg(format!("stage `{}`: {}", ctx.name, i.message)))
+        listed_files(ctx, &self.paths)
     }
 
     fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
@@ -149,21 +138,21 @@ struct CsvSource {
 
 impl CsvSource {
     /// Reads one whole file against the table's schema (a CSV file is small next to recordings).
-    fn read(&self, path: &std::path::Path) -> std::result::Result<Vec<arrow::array::RecordBatch>, String> {
+    fn read(&self, path: &Path) -> Result<Vec<RecordBatch>> {
         let label = path.display().to_string();
         let own = self.cfg.schema_of(path)?;
         let names = |s: &Schema| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
         if names(&own) != names(&self.schema) {
-            return Err(format!("{label}: columns {:?} differ from the first file's {:?}", names(&own), names(&self.schema)));
+            return Err(Error::msg(format!("{label}: columns {:?} differ from the first file's {:?}", names(&own), names(&self.schema))));
         }
-        let mut f = File::open(path).map_err(|e| format!("{label}: {e}"))?;
-        f.rewind().map_err(|e| format!("{label}: {e}"))?;
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        f.rewind().map_err(|e| Error::io(path, e))?;
         let reader = arrow::csv::ReaderBuilder::new(self.schema.clone())
             .with_format(self.cfg.format())
             .with_batch_size(self.cfg.batch_rows)
             .build(BufReader::new(f))
-            .map_err(|e| format!("{label}: {e}"))?;
-        reader.map(|b| b.map_err(|e| format!("{label}: {e}"))).collect()
+            .map_err(|e| Error::arrow(label.clone(), e))?;
+        reader.map(|b| b.map_err(|e| Error::arrow(label.clone(), e))).collect()
     }
 }
 
@@ -173,7 +162,7 @@ impl SourceOperator for CsvSource {
         self.next += 1;
         match self.read(&path) {
             Ok(batches) => batches.into_iter().for_each(|b| out.emit(b)),
-            Err(e) => out.fail(path.display().to_string(), e),
+            Err(e) => out.fail(path.display().to_string(), e.to_string()),
         }
         Ok(self.next < self.files.len())
     }
