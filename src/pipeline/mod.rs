@@ -7,10 +7,13 @@
 //! the nearest suggestion), unknown or missing inputs, cycles, invalid values, and output schemas
 //! that do not fit their consumers all become `file:line:column: message` diagnostics.
 
+mod checks;
 pub mod graph;
+pub mod model;
 pub mod parse;
 pub mod plan;
 pub mod rewrite;
 
+pub use model::{Pipeline, PipelineSection, StageNode, stage_seed};
 pub use plan::{Placement, Plan, Segment};
-pub use parse::{Pipeline, PipelineSection, StageNode, load, parse_str, parse_str_with, watch_sources};
+pub use parse::{load, parse_str, parse_str_with, watch_sources};
