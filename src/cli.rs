@@ -358,20 +358,6 @@ fn schema_type(s: &serde_json::Value) -> String {
     }
 }
 
-/// Splits a trailing `[unit]` off a field description.
-fn unit_of_description(d: &str) -> (String, String) {
-    let t = d.trim();
-    if let Some(start) = t.rfind('[') {
-        if t.ends_with(']') || t[start..].contains("].") {
-            let end = t[start..].find(']').map(|e| start + e).unwrap_or(t.len() - 1);
-            let unit = t[start + 1..end].to_string();
-            let text = format!("{}{}", t[..start].trim_end(), &t[end + 1..]);
-            return (text.trim().to_string(), unit);
-        }
-    }
-    (t.to_string(), String::new())
-}
-
 fn list_stages(only: Option<&str>, json: bool) -> Result<i32> {
     let reg = stages::registry();
     let selected: Vec<_> = reg.iter().filter(|e| only.is_none_or(|k| k == e.kind)).collect();
@@ -405,7 +391,7 @@ fn list_stages(only: Option<&str>, json: bool) -> Result<i32> {
                     None if required.contains(&name.as_str()) => "required".into(),
                     None => "optional".into(),
                 };
-                let (desc, unit) = unit_of_description(prop.get("description").and_then(|d| d.as_str()).unwrap_or(""));
+                let (desc, unit) = crate::stage::config::split_unit(prop.get("description").and_then(|d| d.as_str()).unwrap_or(""));
                 let unit = if unit.is_empty() { String::new() } else { format!("[{unit}] ") };
                 println!("    {name:<18} {ty:<16} {default:<18} {unit}{}", desc.replace('\n', " "));
             }

@@ -166,6 +166,34 @@ fn parse_as<T: StageConfig>(de: toml::de::ValueDeserializer<'_>) -> std::result:
     <T as serde::Deserialize>::deserialize(de).map(|c| Box::new(c) as Box<dyn StageDef>)
 }
 
+/// Splits the `[unit]` off an option's description (its doc comment): `"Rows per batch [rows]."`
+/// gives `("Rows per batch.", "rows")`. No unit gives an empty one. `neurostream stages` prints
+/// the two apart; the registry contract test requires a unit on every option.
+pub fn split_unit(description: &str) -> (String, String) {
+    let t = description.trim();
+    if let Some(start) = t.rfind('[') {
+        if t.ends_with(']') || t[start..].contains("].") {
+            let end = t[start..].find(']').map(|e| start + e).unwrap_or(t.len() - 1);
+            let unit = t[start + 1..end].to_string();
+            let text = format!("{}{}", t[..start].trim_end(), &t[end + 1..]);
+            return (text.trim().to_string(), unit);
+        }
+    }
+    (t.to_string(), String::new())
+}
+
 pub fn entry<T: StageConfig>() -> KindEntry {
     KindEntry { kind: T::KIND, summary: T::SUMMARY, arity: T::arity(), example: T::EXAMPLE, parse: parse_as::<T>, schema: || schemars::schema_for!(T) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_unit;
+
+    #[test]
+    fn split_unit_takes_the_last_bracketed_unit_off_the_description() {
+        assert_eq!(split_unit("Rows per emitted batch [rows]."), ("Rows per emitted batch.".to_string(), "rows".to_string()));
+        assert_eq!(split_unit("Bounds `[a, b]` of a window [ms]"), ("Bounds `[a, b]` of a window".to_string(), "ms".to_string()));
+        assert_eq!(split_unit(" No unit here. "), ("No unit here.".to_string(), String::new()));
+    }
 }

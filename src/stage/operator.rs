@@ -36,6 +36,11 @@ impl Emitter {
     pub fn into_batches(self) -> Vec<RecordBatch> {
         self.batches
     }
+    /// The batches and the unit failures emitted so far (for callers driving operators outside
+    /// the runtime, e.g. the integration tests' in-process harness).
+    pub fn into_parts(self) -> (Vec<RecordBatch>, Vec<UnitFailure>) {
+        (self.batches, self.failures)
+    }
     pub fn fail(&mut self, unit: impl Into<String>, message: impl Into<String>) {
         self.failures.push(UnitFailure { unit: unit.into(), message: message.into() });
     }

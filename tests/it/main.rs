@@ -9,8 +9,10 @@ mod support;
 
 mod architecture;
 mod backpressure;
+mod contract;
 mod dic_stages;
 mod feature_stages;
+mod generic_stages;
 mod ingest_stages;
 mod long_recording;
 mod nn_models;

@@ -2,6 +2,8 @@
 //! projects, running the real `neurostream` binary, and reading what a run wrote (CSV, Parquet,
 //! metrics). [`harness`] runs one stage kind in-process instead.
 
+pub mod harness;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
