@@ -145,27 +145,21 @@ impl Parser {
     }
     /// sum := product (('+' | '-') product)*
     fn sum(&mut self) -> std::result::Result<Expr, ExprError> {
-        let mut left = self.product()?;
-        loop {
-            self.skip_ws();
-            match self.peek() {
-                Some((_, op @ ('+' | '-'))) => {
-                    self.pos += 1;
-                    left = Expr::Binary(op, Box::new(left), Box::new(self.product()?));
-                }
-                _ => return Ok(left),
-            }
-        }
+        self.left_assoc(['+', '-'], Self::product)
     }
     /// product := unary (('*' | '/') unary)*
     fn product(&mut self) -> std::result::Result<Expr, ExprError> {
-        let mut left = self.unary()?;
+        self.left_assoc(['*', '/'], Self::unary)
+    }
+    /// One level of left-associative binary operators: `operand (op operand)*`.
+    fn left_assoc(&mut self, ops: [char; 2], operand: fn(&mut Self) -> std::result::Result<Expr, ExprError>) -> std::result::Result<Expr, ExprError> {
+        let mut left = operand(self)?;
         loop {
             self.skip_ws();
             match self.peek() {
-                Some((_, op @ ('*' | '/'))) => {
+                Some((_, op)) if ops.contains(&op) => {
                     self.pos += 1;
-                    left = Expr::Binary(op, Box::new(left), Box::new(self.unary()?));
+                    left = Expr::Binary(op, Box::new(left), Box::new(operand(self)?));
                 }
                 _ => return Ok(left),
             }
