@@ -31,7 +31,6 @@ pub mod group_stats;
 pub mod old_ingest;
 pub mod old_preprocess;
 pub mod preprocess_signal;
-pub mod simulate_hh;
 pub mod old_train;
 pub mod units;
 
@@ -65,7 +64,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<generic::Select>(),
         entry::<generic::Filter>(),
         entry::<derive::TransformDerive>(),
-        entry::<simulate_hh::SimulateHh>(),
         entry::<old_ingest::IngestAbf>(),
         entry::<old_ingest::IngestNwb>(),
         entry::<allen::IngestAllenSweeps>(),

@@ -3,6 +3,7 @@
 //! One file per kind, named after it; [`kinds`] lists them for the registry.
 
 pub mod glif;
+pub mod hh;
 mod list_columns;
 pub mod stg;
 
@@ -10,5 +11,5 @@ use crate::stage::{KindEntry, entry};
 
 /// The kinds of this family, in the order `neurostream stages` lists them.
 pub fn kinds() -> Vec<KindEntry> {
-    vec![entry::<glif::SimulateGlif>(), entry::<stg::SimulateStg>()]
+    vec![entry::<glif::SimulateGlif>(), entry::<stg::SimulateStg>(), entry::<hh::SimulateHh>()]
 }
