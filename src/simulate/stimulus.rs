@@ -530,15 +530,16 @@ pub fn samples_for(duration_s: f64, dt_s: f64) -> Result<usize, StimulusError> {
     Ok(n as usize)
 }
 
-/// A square step on the grid k·dt_s, `n` samples: `amplitude` on samples round(onset/dt) ..
-/// round((onset + duration)/dt) (end exclusive, clipped to n), zero elsewhere. Rounding the
-/// edges' sample indices keeps k·dt rounding from moving the onset by a sample.
-pub fn square_step(n: usize, dt_s: f64, onset_s: f64, duration_s: f64, amplitude: f64) -> Vec<f64> {
-    let mut out = vec![0.0; n];
+/// A square step on the grid k·dt_s lasting `total_s` ([`samples_for`] samples): `amplitude` on
+/// samples round(onset/dt) .. round((onset + duration)/dt) (end exclusive, clipped to the trace),
+/// zero elsewhere. Rounding the edges' sample indices keeps k·dt rounding from moving the onset
+/// by a sample.
+pub fn square_step(dt_s: f64, onset_s: f64, duration_s: f64, total_s: f64, amplitude: f64) -> Result<Vec<f64>, StimulusError> {
+    let mut out = vec![0.0; samples_for(total_s, dt_s)?];
     let on = (onset_s / dt_s).round() as usize;
     let off = ((onset_s + duration_s) / dt_s).round() as usize;
     fill_square(&mut out, on, off, amplitude);
-    out
+    Ok(out)
 }
 
 /// Linear interpolation of `x` (sampled every `dt_from_s`) onto the grid k·`dt_to_s` over the same
@@ -1443,11 +1444,12 @@ mod tests {
 
     #[test]
     fn square_step_has_its_onset_and_length() {
-        let s = square_step(20_400 + 20_000 + 2_000, 5e-5, 1.02, 1.0, 100e-12);
-        assert_eq!(s.len(), 42_400);
+        let s = square_step(5e-5, 1.02, 1.0, 1.02 + 1.0 + 0.1, 100e-12).unwrap();
+        assert_eq!(s.len(), 20_400 + 20_000 + 2_000);
         assert_eq!((s[20_399], s[20_400], s[40_399], s[40_400]), (0.0, 100e-12, 100e-12, 0.0));
         // A step running past the end is clipped.
-        assert_eq!(square_step(10, 1.0, 8.0, 5.0, 1.0), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(square_step(1.0, 8.0, 5.0, 10.0, 1.0).unwrap(), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]);
+        assert!(matches!(square_step(1e-6, 0.0, 1.0, 1e3, 1.0), Err(StimulusError::TooManySamples { .. })));
     }
 
     #[test]

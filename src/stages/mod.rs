@@ -17,7 +17,6 @@ pub mod train;
 pub mod sink;
 
 // Files not yet split into their families (one kind per file).
-pub mod allen;
 pub mod cell;
 pub mod csv_source;
 pub mod derive;
@@ -66,8 +65,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<derive::TransformDerive>(),
         entry::<old_ingest::IngestAbf>(),
         entry::<old_ingest::IngestNwb>(),
-        entry::<allen::IngestAllenSweeps>(),
-        entry::<allen::SimulateGlifReplay>(),
         entry::<old_features::FeaturesSpikes>(),
         entry::<old_features::FeaturesSweep>(),
         entry::<units::IngestCellExplorer>(),
@@ -94,7 +91,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<old_train::TrainClassify>(),
         entry::<old_train::TrainCluster>(),
         entry::<old_train::PredictModel>(),
-        entry::<allen::EvaluateRegression>(),
     ]
 }
 

@@ -257,14 +257,14 @@ impl StimulusSpec {
     /// `rheobase_a` scales the rheobase-relative shapes; `seed` picks the noise realisation.
     pub fn generate(&self, dt_s: f64, rheobase_a: f64, seed: u64) -> Result<Vec<f64>> {
         let err = |reason: &dyn std::fmt::Display| Error::msg(format!("stimulus `{}`: {reason}", self.label()));
-        let samples = |total_s: f64| stimulus::samples_for(total_s, dt_s).map_err(|e| err(&e));
         match self {
             StimulusSpec::AllenNoise1(n) | StimulusSpec::AllenNoise2(n) => {
                 // Separate realisations for Noise 1 and Noise 2 from one stage seed.
                 let which = if matches!(self, StimulusSpec::AllenNoise1(_)) { 1 } else { 2 };
                 let epochs = n.epochs(rheobase_a);
                 let protocol_s = epochs.protocol_s();
-                let mut out = vec![0.0; samples(n.duration_s.map_or(protocol_s, |d| d.min(protocol_s)))?];
+                let total_s = n.duration_s.map_or(protocol_s, |d| d.min(protocol_s));
+                let mut out = vec![0.0; stimulus::samples_for(total_s, dt_s).map_err(|e| err(&e))?];
                 let mut rng = StdRng::seed_from_u64(stimulus::noise_seed(seed, which));
                 stimulus::fill_noise_epochs(&mut out, dt_s, &epochs, &mut rng).map_err(|e| err(&e))?;
                 Ok(out)
@@ -275,7 +275,7 @@ impl StimulusSpec {
                     (None, Some(r)) => r * rheobase_a,
                     (None, None) => return Err(err(&"no amplitude")),
                 };
-                Ok(stimulus::square_step(samples(s.total_s)?, dt_s, s.start_s, s.duration_s, amp_a))
+                stimulus::square_step(dt_s, s.start_s, s.duration_s, s.total_s, amp_a).map_err(|e| err(&e))
             }
             StimulusSpec::Protocol(p) => {
                 let pa = p.spec.render(1.0 / dt_s).map_err(|e| err(&e))?;

@@ -3,6 +3,7 @@
 //! One file per kind, named after it; [`kinds`] lists them for the registry.
 
 pub mod glif;
+pub mod glif_replay;
 pub mod hh;
 mod list_columns;
 pub mod stg;
@@ -11,5 +12,10 @@ use crate::stage::{KindEntry, entry};
 
 /// The kinds of this family, in the order `neurostream stages` lists them.
 pub fn kinds() -> Vec<KindEntry> {
-    vec![entry::<glif::SimulateGlif>(), entry::<stg::SimulateStg>(), entry::<hh::SimulateHh>()]
+    vec![
+        entry::<glif::SimulateGlif>(),
+        entry::<stg::SimulateStg>(),
+        entry::<hh::SimulateHh>(),
+        entry::<glif_replay::SimulateGlifReplay>(),
+    ]
 }
