@@ -27,7 +27,6 @@ pub mod features_membrane;
 pub mod features_trace;
 pub mod generic;
 pub mod group_stats;
-pub mod old_ingest;
 pub mod old_preprocess;
 pub mod preprocess_signal;
 pub mod old_train;
@@ -63,8 +62,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<generic::Select>(),
         entry::<generic::Filter>(),
         entry::<derive::TransformDerive>(),
-        entry::<old_ingest::IngestAbf>(),
-        entry::<old_ingest::IngestNwb>(),
         entry::<old_features::FeaturesSpikes>(),
         entry::<old_features::FeaturesSweep>(),
         entry::<units::IngestCellExplorer>(),

@@ -2,8 +2,11 @@
 //!
 //! One file per kind, named after it; [`kinds`] lists them for the registry.
 
+pub mod abf;
 pub mod allen_sweeps;
 pub mod files;
+pub mod nwb;
+pub mod sweeps_table;
 
 use crate::stage::{KindEntry, entry};
 
@@ -13,6 +16,8 @@ pub const CHUNK_COLUMNS: [&str; 4] = ["chunk", "chunk_start_s", "chunk_end_s", "
 /// The kinds of this family, in the order `neurostream stages` lists them.
 pub fn kinds() -> Vec<KindEntry> {
     vec![
+        entry::<abf::IngestAbf>(),
+        entry::<nwb::IngestNwb>(),
         entry::<allen_sweeps::IngestAllenSweeps>(),
     ]
 }
