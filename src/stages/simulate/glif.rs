@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::formats::npy::read_npy_f64;
 use crate::simulate::glif::{self, GlifConfig, GlifError, GlifOutput, GlifRunStatus, GlifSpikes};
 use crate::simulate::stimulus::{self, NoiseEpochs};
-use crate::simulate::sweep::{SweepPlan, SweepProblem, SweepSpec};
+use crate::simulate::sweep::{SweepError, SweepPlan, SweepProblem, SweepSpec};
 use crate::simulate::glif_params;
 use crate::stage::columns::{f32_trace, field};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, PathSeg, SourceOperator, StageConfig, StageContext};
@@ -606,15 +606,38 @@ struct GlifSource {
     cache_bytes: usize,
 }
 
-/// What a row's status says: `Ok` or (status, detail).
-type Outcome = std::result::Result<(), (String, String)>;
+/// A row's `status` and `status_detail`.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Ok,
+    /// `status` (`error`, `bad_reset`) and why.
+    Failed { status: &'static str, detail: String },
+}
+
+impl Outcome {
+    fn error(e: &dyn std::fmt::Display) -> Self {
+        Outcome::Failed { status: "error", detail: e.to_string() }
+    }
+    fn status(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed { status, .. } => status,
+        }
+    }
+    fn detail(&self) -> Option<&str> {
+        match self {
+            Outcome::Ok => None,
+            Outcome::Failed { detail, .. } => Some(detail),
+        }
+    }
+}
 
 /// One config of a block, ready to run (its config and stimulus) or already failed (why).
 struct Job {
     base: usize,
     config_index: usize,
     values: Vec<f64>,
-    run: std::result::Result<(GlifConfig, Arc<Vec<f64>>), String>,
+    run: std::result::Result<(GlifConfig, Arc<Vec<f64>>), SweepError>,
 }
 
 /// One simulated (config, stimulus) pair.
@@ -647,7 +670,7 @@ impl GlifRow {
     }
 
     /// The row of a config the sweep could not build.
-    fn failed(job: &Job, message: &str) -> Self {
+    fn failed(job: &Job, e: &SweepError) -> Self {
         GlifRow {
             base: job.base,
             config_index: job.config_index,
@@ -657,7 +680,7 @@ impl GlifRow {
             stimulus: None,
             response_mv: None,
             spike_times_s: Vec::new(),
-            outcome: Err(("error".into(), message.to_string())),
+            outcome: Outcome::error(e),
         }
     }
 }
@@ -665,20 +688,20 @@ impl GlifRow {
 /// The row status of a finished run: AllenSDK's bad reset (the run stopped there) is a status.
 fn run_outcome(status: &GlifRunStatus) -> Outcome {
     match status {
-        GlifRunStatus::Completed => Ok(()),
-        GlifRunStatus::BadReset { spike_step, reset_voltage_v, reset_threshold_v } => Err((
-            "bad_reset".into(),
-            format!(
+        GlifRunStatus::Completed => Outcome::Ok,
+        GlifRunStatus::BadReset { spike_step, reset_voltage_v, reset_threshold_v } => Outcome::Failed {
+            status: "bad_reset",
+            detail: format!(
                 "after the spike at step {spike_step} the reset voltage {reset_voltage_v} V is above the reset threshold {reset_threshold_v} V; AllenSDK stops the run here (spike times are those before the stop)"
             ),
-        )),
+        },
     }
 }
 
 /// Spike times and row outcome of a spike-only run; a kernel error is an `error` row.
 fn spike_outcome(run: std::result::Result<(GlifRunStatus, GlifSpikes), GlifError>) -> (Vec<f64>, Outcome) {
     match run {
-        Err(e) => (Vec::new(), Err(("error".into(), e.to_string()))),
+        Err(e) => (Vec::new(), Outcome::error(&e)),
         Ok((status, spikes)) => (spikes.interpolated_times_s, run_outcome(&status)),
     }
 }
@@ -689,11 +712,11 @@ fn run_with_voltage(config: &GlifConfig, stim_a: &[f64], fill: SpikeCutFill) -> 
     let mut out = GlifOutput::new();
     let status = match glif::simulate(config, stim_a, &mut out) {
         Ok(s) => s,
-        Err(e) => return (None, Vec::new(), Err(("error".into(), e.to_string()))),
+        Err(e) => return (None, Vec::new(), Outcome::error(&e)),
     };
     let spikes = std::mem::take(&mut out.spikes).interpolated_times_s;
     let outcome = run_outcome(&status);
-    if outcome.is_err() {
+    if outcome != Outcome::Ok {
         return (None, spikes, outcome);
     }
     let el_ref = config.el_reference_v.unwrap_or(0.0);
@@ -772,7 +795,7 @@ impl GlifSource {
                     let stim = self.stimulus_for(base, config.dt_s)?;
                     Job { base, config_index: idx, values, run: Ok((config, stim)) }
                 }
-                Err(e) => Job { base, config_index: idx, values: self.plan.points[i].clone(), run: Err(e.to_string()) },
+                Err(e) => Job { base, config_index: idx, values: self.plan.points[i].clone(), run: Err(e) },
             };
             jobs.push(job);
         }
@@ -793,7 +816,7 @@ impl GlifSource {
                             let (spike_times_s, outcome) = spike_outcome(runs.next().expect("one run per ok job"));
                             GlifRow::ran(job, config, stim, None, spike_times_s, outcome)
                         }
-                        Err(msg) => GlifRow::failed(job, msg),
+                        Err(e) => GlifRow::failed(job, e),
                     })
                     .collect::<Vec<_>>()
             })
@@ -808,7 +831,7 @@ impl GlifSource {
                     let (response_mv, spike_times_s, outcome) = run_with_voltage(config, stim, fill);
                     GlifRow::ran(job, config, stim, response_mv, spike_times_s, outcome)
                 }
-                Err(msg) => GlifRow::failed(job, msg),
+                Err(e) => GlifRow::failed(job, e),
             })
             .collect()
     }
@@ -836,12 +859,9 @@ impl GlifSource {
         }
         cols.push(Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.el_reference_v * 1e3))));
         cols.push(Arc::new(list_column::<Float64Type, _>(rows.iter().map(|r| Some(&r.spike_times_s)), false)?));
-        cols.push(Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.outcome.is_ok().then_some(r.spike_times_s.len() as i64)))));
-        cols.push(Arc::new(StringArray::from_iter_values(rows.iter().map(|r| match &r.outcome {
-            Ok(()) => "ok".to_string(),
-            Err((s, _)) => s.clone(),
-        }))));
-        cols.push(Arc::new(StringArray::from_iter(rows.iter().map(|r| r.outcome.as_ref().err().map(|e| e.1.clone())))));
+        cols.push(Arc::new(Int64Array::from_iter(rows.iter().map(|r| (r.outcome == Outcome::Ok).then_some(r.spike_times_s.len() as i64)))));
+        cols.push(Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.outcome.status()))));
+        cols.push(Arc::new(StringArray::from_iter(rows.iter().map(|r| r.outcome.detail()))));
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
 }
