@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use neurostream::simulate::glif::{self, GlifConfig};
-use neurostream::stages::old_simulate::{SweepMethod, SweepParam, SweepSpec};
+use neurostream::simulate::sweep::{SweepMethod, SweepParam, SweepSpec};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/glif").join(rel)

@@ -4,4 +4,5 @@ pub mod abf;
 pub mod allen;
 mod hdf5;
 pub mod matlab;
+pub mod npy;
 pub mod nwb;

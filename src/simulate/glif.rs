@@ -157,6 +157,15 @@ pub struct GlifCoeffs {
     pub asc_amp: Vec<f64>,
 }
 
+/// A GLIF config's effective membrane constants ([`GlifConfig::effective_membrane`]), SI units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EffectiveMembrane {
+    pub r_ohm: f64,
+    pub c_farad: f64,
+    pub tau_s: f64,
+    pub th_inf_v: f64,
+}
+
 /// One GLIF neuron as `GlifNeuron.from_dict` reads it. `El_reference`, `type`,
 /// `extrapolation_method_name`, `dt_multiplier` and `th_adapt` do not affect the simulation.
 #[derive(Debug, Clone, PartialEq)]
@@ -271,6 +280,14 @@ impl GlifConfig {
     /// Number of after-spike currents.
     pub fn n_asc(&self) -> usize {
         self.asc_tau_s.len()
+    }
+
+    /// The membrane the neuron runs with, Allen's fitted coefficients applied: R = R_input / G,
+    /// C = C · coeffs.C, τ = R·C and θ∞ = th_inf · coeffs.th_inf (`GlifNeuron`'s effective values).
+    pub fn effective_membrane(&self) -> EffectiveMembrane {
+        let r_ohm = self.r_input_ohm / self.coeffs.g;
+        let c_farad = self.c_farad * self.coeffs.c;
+        EffectiveMembrane { r_ohm, c_farad, tau_s: r_ohm * c_farad, th_inf_v: self.th_inf_v * self.coeffs.th_inf }
     }
 
     /// Rheobase of the threshold-crossing part of the model, a rough guide for stimulus amplitudes:

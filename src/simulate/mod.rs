@@ -3,6 +3,7 @@
 //! independent of Arrow and actors, so they can be tested against the reference tools and benchmarked alone.
 
 pub mod glif;
+pub mod glif_params;
 pub mod hh;
 pub mod stg;
 pub mod stimulus;

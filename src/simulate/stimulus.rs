@@ -6,8 +6,10 @@
 //! A [`StimulusSpec`] is the user-facing, serde-tagged description (`protocol = "long_square"`,
 //! ...); [`StimulusSpec::render`] returns a `Vec<f64>`, [`StimulusSpec::fill`] writes into a slice
 //! whose length [`StimulusSpec::n_samples`] gives. The building blocks are plain slice kernels
-//! ([`fill_square`], [`fill_ramp`], [`fill_white_noise`], [`fill_pink_noise`],
-//! [`fill_ornstein_uhlenbeck`]).
+//! ([`fill_square`], [`fill_ramp`], [`fill_white_noise`], [`pink_noise`], [`fill_noise_epochs`],
+//! [`fill_ornstein_uhlenbeck`]), shared with the simulation stages, which generate on a dt grid
+//! ([`square_step`], [`samples_for`]) and move a stimulus to another step ([`resample_linear`]).
+//! Each shape has one implementation here.
 //!
 //! Time grid: sample k is at t = k / fs. A window [onset, onset + duration) covers the samples
 //! round(onset·fs) .. round((onset + duration)·fs) (end exclusive); rounding, not truncation,
@@ -46,6 +48,10 @@ pub enum StimulusError {
     },
     #[error("output slice has {got} samples, the stimulus has {expected}")]
     Length { expected: usize, got: usize },
+    #[error("{duration_s} s at dt {dt_s} s gives no sample")]
+    NoSample { duration_s: f64, dt_s: f64 },
+    #[error("{duration_s} s at dt {dt_s} s is more than 1e8 samples")]
+    TooManySamples { duration_s: f64, dt_s: f64 },
 }
 
 fn default_onset_allen_s() -> f64 {
@@ -382,61 +388,183 @@ pub fn fill_ornstein_uhlenbeck(
     }
 }
 
-/// Zero-mean, unit-sd pink noise by the Allen recipe: Σ_f f^(−1/2)·sin(2π f t + φ_f) over
-/// f = f_min, f_min + f_step, ..., f_max (φ_f uniform in [0, 2π) from `rng`, drawn in frequency
-/// order), t = j/fs from the window start, then the window's own mean is subtracted and it is
-/// divided by its standard deviation (ddof 0, as `np.std`). When fs/f_step is a whole number of
-/// samples the sum is periodic with that period, so one period is computed and tiled.
-pub fn fill_pink_noise(
-    out: &mut [f64],
-    fs: f64,
-    f_min_hz: f64,
-    f_max_hz: f64,
-    f_step_hz: f64,
-    rng: &mut StdRng,
-) {
-    let n_freq = ((f_max_hz - f_min_hz) / f_step_hz + 1e-9).floor() as usize + 1;
-    // (frequency, amplitude, phase), phases drawn once in frequency order
-    let comps: Vec<(f64, f64, f64)> = (0..n_freq)
-        .map(|i| {
-            let f = f_min_hz + i as f64 * f_step_hz;
+/// Pink (1/f power) noise, the one synthesis of the crate: Σ_f a_f·sin(2π f t + φ_f) over
+/// `freqs_hz` with a_f = f^(−1/2), φ_f uniform in [0, 2π) from `rng` (drawn in frequency order),
+/// at t = k·dt_s for k = 0..n, scaled to unit standard deviation analytically (σ² = Σ a_f²/2,
+/// which is the sample variance over whole periods of every line). This is the Allen Institute's
+/// recipe (`AllenInstitute/ephys_pink_noise`, `make_pink.py`: sines at 1/f^½ amplitudes with
+/// random phases). Each sinusoid advances by a complex rotation per sample, so the inner loop has
+/// no `sin` call.
+pub fn pink_noise(n: usize, dt_s: f64, freqs_hz: impl IntoIterator<Item = f64>, rng: &mut StdRng) -> Vec<f64> {
+    // (amplitude, phase, angular step per sample), phases drawn once in frequency order
+    let mut comps: Vec<(f64, f64, f64)> = freqs_hz
+        .into_iter()
+        .map(|f| {
             let phase = rng.random_range(0.0..TAU);
-            (f, 1.0 / f.sqrt(), phase)
+            (1.0 / f.sqrt(), phase, TAU * f * dt_s)
         })
         .collect();
-    let value = |j: usize| {
-        let t = j as f64 / fs;
-        comps
-            .iter()
-            .map(|&(f, a, p)| a * (TAU * f * t + p).sin())
-            .sum::<f64>()
-    };
-    let period = fs / f_step_hz;
-    let integral_period = (period - period.round()).abs() < 1e-9
-        && f_min_hz / f_step_hz == (f_min_hz / f_step_hz).round();
-    if integral_period && (period.round() as usize) < out.len() {
-        let p = period.round() as usize;
-        for (j, x) in out[..p].iter_mut().enumerate() {
-            *x = value(j);
-        }
-        for j in p..out.len() {
-            out[j] = out[j - p];
-        }
-    } else {
-        for (j, x) in out.iter_mut().enumerate() {
-            *x = value(j);
+    let var: f64 = comps.iter().map(|c| c.0 * c.0 / 2.0).sum();
+    let norm = if var > 0.0 { 1.0 / var.sqrt() } else { 0.0 };
+    for c in &mut comps {
+        c.0 *= norm;
+    }
+    let mut out = vec![0.0; n];
+    for &(amp, phase, step) in &comps {
+        let (mut s, mut c) = phase.sin_cos();
+        let (ds, dc) = step.sin_cos();
+        for x in out.iter_mut() {
+            *x += amp * s;
+            let s_next = s * dc + c * ds;
+            c = c * dc - s * ds;
+            s = s_next;
         }
     }
-    let n = out.len() as f64;
-    if out.is_empty() {
+    out
+}
+
+/// The lines k·f_step (k ≥ 1) in [f_low, f_high]: the frequencies of a noise that repeats every
+/// 1/f_step seconds (f_step = 1/epoch makes every epoch whole periods of every line).
+pub fn frequency_lines(f_low_hz: f64, f_high_hz: f64, f_step_hz: f64) -> impl Iterator<Item = f64> {
+    let k_lo = (f_low_hz / f_step_hz).ceil().max(1.0) as usize;
+    let k_hi = (f_high_hz / f_step_hz).floor() as usize;
+    (k_lo..=k_hi).map(move |k| k as f64 * f_step_hz)
+}
+
+/// Subtracts the slice's mean and divides by its standard deviation (ddof 0, as `np.std`); a
+/// constant slice becomes zeros.
+pub fn standardize(x: &mut [f64]) {
+    if x.is_empty() {
         return;
     }
-    let mean = out.iter().sum::<f64>() / n;
-    let sd = (out.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let sd = (x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
     let inv = if sd > 0.0 { 1.0 / sd } else { 0.0 };
-    for x in out.iter_mut() {
-        *x = (*x - mean) * inv;
+    for v in x.iter_mut() {
+        *v = (*v - mean) * inv;
     }
+}
+
+/// Epochs of one frozen pink-noise waveform around multiples of a rheobase, separated by silence:
+/// the shape of Allen "Noise 1" / "Noise 2" (Allen Cell Types electrophysiology white paper;
+/// specimen 483101699's noise sweeps: three 3 s epochs at 0.75, 1.0 and 1.5 × rheobase, CV 0.2,
+/// 5 s apart). Times in s, currents in the caller's unit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoiseEpochs<'a> {
+    /// Mean of each epoch, as multiples of `rheobase`.
+    pub multipliers: &'a [f64],
+    pub rheobase: f64,
+    /// Standard deviation over mean within an epoch.
+    pub cv: f64,
+    /// Silence before the first epoch.
+    pub lead_s: f64,
+    pub epoch_s: f64,
+    /// Silence between epochs.
+    pub gap_s: f64,
+    pub f_low_hz: f64,
+    pub f_high_hz: f64,
+    /// Spacing of the noise lines (see [`frequency_lines`]).
+    pub f_step_hz: f64,
+    /// Current outside the epochs (the caller's `out` holds it already) and added inside them.
+    pub baseline: f64,
+}
+
+impl NoiseEpochs<'_> {
+    /// Length of the protocol: lead, the epochs and the gaps between them.
+    pub fn protocol_s(&self) -> f64 {
+        let n = self.multipliers.len();
+        self.lead_s + n as f64 * self.epoch_s + (n.saturating_sub(1)) as f64 * self.gap_s
+    }
+}
+
+/// Writes the epochs of `p` into `out` (sampled every `dt_s`, its length the sweep's): epoch e
+/// holds baseline + m_e·rheobase·(1 + cv·z[k]), z one unit-σ [`pink_noise`] realisation drawn
+/// from `rng` and reused in every epoch (a frozen noise, as repeated sweeps need). Epoch starts
+/// are whole samples: round(lead/dt), then each after the previous end plus round(gap/dt);
+/// epochs are clipped at the end of `out`.
+pub fn fill_noise_epochs(out: &mut [f64], dt_s: f64, p: &NoiseEpochs, rng: &mut StdRng) -> Result<(), StimulusError> {
+    let total = out.len();
+    let epoch_n = samples_for(p.epoch_s, dt_s)?;
+    let lead_n = (p.lead_s / dt_s).round() as usize;
+    let gap_n = (p.gap_s / dt_s).round() as usize;
+    let noise = pink_noise(epoch_n.min(total), dt_s, frequency_lines(p.f_low_hz, p.f_high_hz, p.f_step_hz), rng);
+    let mut start = lead_n;
+    for &mult in p.multipliers {
+        if start >= total {
+            break;
+        }
+        let mean = mult * p.rheobase;
+        let end = (start + epoch_n).min(total);
+        for (k, x) in out[start..end].iter_mut().enumerate() {
+            *x = p.baseline + mean * (1.0 + p.cv * noise[k]);
+        }
+        start = end + gap_n;
+    }
+    Ok(())
+}
+
+/// Separate noise realisations from one seed (e.g. Noise 1 and Noise 2 of one stage): the seed
+/// mixed with `which` by the SplitMix64 finaliser (Steele, Lea & Flood 2014).
+pub fn noise_seed(seed: u64, which: u64) -> u64 {
+    let mut z = seed ^ which.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Upper bound on a stimulus generated on a dt grid (1e8 samples = 800 MB of f64): guards a
+/// mistyped duration or dt against allocating unbounded memory.
+pub const MAX_GENERATED_SAMPLES: f64 = 1e8;
+
+/// Samples of `duration_s` on the grid k·dt_s: round(duration/dt), at least 1 and at most
+/// [`MAX_GENERATED_SAMPLES`].
+pub fn samples_for(duration_s: f64, dt_s: f64) -> Result<usize, StimulusError> {
+    let n = (duration_s / dt_s).round();
+    if !(n.is_finite() && n >= 1.0) {
+        return Err(StimulusError::NoSample { duration_s, dt_s });
+    }
+    if n > MAX_GENERATED_SAMPLES {
+        return Err(StimulusError::TooManySamples { duration_s, dt_s });
+    }
+    Ok(n as usize)
+}
+
+/// A square step on the grid k·dt_s lasting `total_s` ([`samples_for`] samples): `amplitude` on
+/// samples round(onset/dt) .. round((onset + duration)/dt) (end exclusive, clipped to the trace),
+/// zero elsewhere. Rounding the edges' sample indices keeps k·dt rounding from moving the onset
+/// by a sample.
+pub fn square_step(dt_s: f64, onset_s: f64, duration_s: f64, total_s: f64, amplitude: f64) -> Result<Vec<f64>, StimulusError> {
+    let mut out = vec![0.0; samples_for(total_s, dt_s)?];
+    let on = (onset_s / dt_s).round() as usize;
+    let off = ((onset_s + duration_s) / dt_s).round() as usize;
+    fill_square(&mut out, on, off, amplitude);
+    Ok(out)
+}
+
+/// Linear interpolation of `x` (sampled every `dt_from_s`) onto the grid k·`dt_to_s` over the same
+/// duration (n_from·dt_from); the last partial step is dropped rather than extrapolated.
+pub fn resample_linear(x: &[f64], dt_from_s: f64, dt_to_s: f64) -> Vec<f64> {
+    if x.is_empty() {
+        return Vec::new();
+    }
+    if dt_from_s == dt_to_s {
+        return x.to_vec();
+    }
+    let duration = x.len() as f64 * dt_from_s;
+    let n = ((duration / dt_to_s) + 1e-9).floor().max(1.0) as usize;
+    let last = x.len() - 1;
+    (0..n)
+        .map(|k| {
+            let pos = k as f64 * dt_to_s / dt_from_s;
+            let i = (pos.floor() as usize).min(last);
+            if i >= last {
+                return x[last];
+            }
+            let frac = pos - i as f64;
+            x[i] + (x[i + 1] - x[i]) * frac
+        })
+        .collect()
 }
 
 impl StimulusSpec {
@@ -887,9 +1015,14 @@ impl StimulusSpec {
                 let (a, b) = window(*onset_s, *duration_s);
                 let mut rng = StdRng::seed_from_u64(*seed);
                 if let Some(w) = out.get_mut(a..b.min(expected)) {
-                    fill_pink_noise(w, fs, *f_min_hz, *f_max_hz, *f_step_hz, &mut rng);
-                    for x in w {
-                        *x = mean_pa + sd_pa * *x;
+                    let n_freq = ((f_max_hz - f_min_hz) / f_step_hz + 1e-9).floor() as usize + 1;
+                    let freqs = (0..n_freq).map(|i| f_min_hz + i as f64 * f_step_hz);
+                    let mut z = pink_noise(w.len(), 1.0 / fs, freqs, &mut rng);
+                    // The window's own mean and sd, as make_pink.py normalises (exact even when
+                    // the window is not whole periods of every line).
+                    standardize(&mut z);
+                    for (x, z) in w.iter_mut().zip(z) {
+                        *x = mean_pa + sd_pa * z;
                     }
                 }
             }
@@ -939,21 +1072,20 @@ impl StimulusSpec {
                 ..
             } => {
                 out.fill(*baseline_pa);
-                // One unit pink waveform, reused for every epoch (as make_pink.py does).
-                let len = idx(*epoch_s);
-                let mut unit = vec![0.0; len];
+                let epochs = NoiseEpochs {
+                    multipliers,
+                    rheobase: *rheobase_pa,
+                    cv: *cv,
+                    lead_s: *onset_s,
+                    epoch_s: *epoch_s,
+                    gap_s: epoch_period_s - epoch_s,
+                    f_low_hz: *f_min_hz,
+                    f_high_hz: *f_max_hz,
+                    f_step_hz: 1.0,
+                    baseline: *baseline_pa,
+                };
                 let mut rng = StdRng::seed_from_u64(*seed);
-                fill_pink_noise(&mut unit, fs, *f_min_hz, *f_max_hz, 1.0, &mut rng);
-                for (e, &mult) in multipliers.iter().enumerate() {
-                    let start = idx(onset_s + e as f64 * epoch_period_s);
-                    let mean = mult * rheobase_pa;
-                    let end = (start + len).min(expected);
-                    if start < end {
-                        for (x, z) in out[start..end].iter_mut().zip(&unit) {
-                            *x = baseline_pa + mean * (1.0 + cv * z);
-                        }
-                    }
-                }
+                fill_noise_epochs(out, 1.0 / fs, &epochs, &mut rng)?;
             }
         }
         Ok(())
@@ -1299,5 +1431,62 @@ mod tests {
             ou.render(1e3),
             Err(StimulusError::Field { field: "tau_s", .. })
         ));
+    }
+    #[test]
+    fn resample_keeps_duration_and_interpolates() {
+        let x: Vec<f64> = (0..10).map(|k| k as f64).collect();
+        let y = resample_linear(&x, 1.0, 0.5);
+        assert_eq!(y.len(), 20);
+        assert_eq!(y[3], 1.5);
+        let z = resample_linear(&x, 1.0, 3.0);
+        assert_eq!(z, vec![0.0, 3.0, 6.0]);
+    }
+
+    #[test]
+    fn square_step_has_its_onset_and_length() {
+        let s = square_step(5e-5, 1.02, 1.0, 1.02 + 1.0 + 0.1, 100e-12).unwrap();
+        assert_eq!(s.len(), 20_400 + 20_000 + 2_000);
+        assert_eq!((s[20_399], s[20_400], s[40_399], s[40_400]), (0.0, 100e-12, 100e-12, 0.0));
+        // A step running past the end is clipped.
+        assert_eq!(square_step(1.0, 8.0, 5.0, 10.0, 1.0).unwrap(), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]);
+        assert!(matches!(square_step(1e-6, 0.0, 1.0, 1e3, 1.0), Err(StimulusError::TooManySamples { .. })));
+    }
+
+    #[test]
+    fn noise_epochs_have_the_protocol_means_and_cv() {
+        let mults = [0.75, 1.0, 1.5];
+        let p = NoiseEpochs {
+            multipliers: &mults,
+            rheobase: 100e-12,
+            cv: 0.2,
+            lead_s: 0.0,
+            epoch_s: 3.0,
+            gap_s: 5.0,
+            f_low_hz: 1.0,
+            f_high_hz: 100.0,
+            f_step_hz: 1.0 / 3.0,
+            baseline: 0.0,
+        };
+        let dt = 1e-4;
+        let mut x = vec![0.0; samples_for(p.protocol_s(), dt).unwrap()];
+        fill_noise_epochs(&mut x, dt, &p, &mut StdRng::seed_from_u64(7)).unwrap();
+        assert_eq!(x.len(), 190_000);
+        for (e, mult) in mults.iter().enumerate() {
+            let seg = &x[e * 80_000..e * 80_000 + 30_000];
+            let mean = seg.iter().sum::<f64>() / seg.len() as f64;
+            let sd = (seg.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / seg.len() as f64).sqrt();
+            assert!((mean / (mult * 100e-12) - 1.0).abs() < 0.05, "epoch {e}: mean {mean}");
+            assert!((sd / mean - 0.2).abs() < 0.03, "epoch {e}: cv {}", sd / mean);
+        }
+        assert!(x[30_000..80_000].iter().all(|&v| v == 0.0));
+        // The same waveform in every epoch (a frozen noise).
+        assert!((x[1] / 0.75 - x[80_001]).abs() < 1e-12 * 100e-12);
+    }
+
+    #[test]
+    fn generated_lengths_are_bounded() {
+        assert_eq!(samples_for(0.5, 1e-4), Ok(5000));
+        assert_eq!(samples_for(1e-5, 1e-4).unwrap_err().to_string(), "0.00001 s at dt 0.0001 s gives no sample");
+        assert!(matches!(samples_for(1e5, 1e-5), Err(StimulusError::TooManySamples { .. })));
     }
 }

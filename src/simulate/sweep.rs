@@ -1,355 +1,321 @@
-//! Parameter sweeps: the list of model configurations a simulation study runs. A [`SweepSpec`]
-//! (serde-tagged by `method`) expands into a [`SweepTable`], one row per configuration and one
-//! column per named parameter: a cartesian grid (values absolute or factors of a base value),
-//! uniform or log-uniform random draws, or a Latin hypercube.
-//!
-//! Reproducibility: every random number of configuration i comes from its own `StdRng` seeded with
-//! [`stream_seed`]`(seed, i)` (SplitMix64 mixing of seed and index), so configuration i is the same
-//! whatever the thread count, the chunking, or how many configurations are generated; the Latin
-//! hypercube's per-dimension permutations use streams of their own. Rows are generated in parallel
-//! with rayon and come back in index order.
+//! Parameter sweeps: the model configurations a simulation study runs, as named fields of a base
+//! configuration varied over a grid or drawn at random. A [`SweepSpec`] (the `sweep` table of
+//! `simulate.glif`) expands into a [`SweepPlan`], one row of values per point, which applies to
+//! any configuration type that names its fields ([`Sweepable`]; GLIF configs in
+//! [`crate::simulate::glif_params`]).
 //!
 //! Grid order is that of `itertools.product` / nested loops: the first parameter varies slowest,
-//! the last fastest. Study 3 (LSTM-GLIF, `specs/studies.md`) is a 5-parameter grid with 5
-//! values each, 3,125 configurations.
+//! the last fastest. Study 3 (LSTM-GLIF, `specs/studies.md`) is a 5-parameter grid with 5 values
+//! each, 3,125 configurations. Random methods draw from one `StdRng` seeded by the caller,
+//! sequentially, so a plan is the same whatever the thread count.
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use rayon::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Sweeps larger than this are refused (a typo must not allocate gigabytes).
-pub const MAX_CONFIGS: usize = 100_000_000;
+/// Largest sweep expanded (points per base configuration).
+pub const MAX_SWEEP_POINTS: usize = 10_000_000;
 
-/// Errors of sweep validation.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum SweepError {
-    #[error("parameter `{name}`: field `{field}`: {reason}")]
-    Parameter {
-        name: String,
-        field: &'static str,
-        reason: String,
-    },
-    #[error("the sweep has no parameters")]
-    NoParameters,
-    #[error("parameter name `{0}` is used twice")]
-    DuplicateName(String),
-    #[error("the sweep has {0} configurations (limit {MAX_CONFIGS})")]
-    TooLarge(f64),
-    #[error("`n` must be >= 1")]
-    ZeroConfigs,
-}
-
-/// One axis of a grid.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GridAxis {
-    /// Parameter name, e.g. "C" or "th_inf".
+/// A field a sweep names that the configuration does not have or cannot take.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("sweep parameter `{name}`: {reason}")]
+pub struct SweepError {
     pub name: String,
-    /// Grid values, in the parameter's unit, or factors of `base` when it is given [as parameter].
-    pub values: Vec<f64>,
-    /// If given, `values` are factors and the configuration gets base · value [as parameter].
-    #[serde(default)]
-    pub base: Option<f64>,
+    pub reason: String,
 }
 
-/// Distribution of a random or Latin-hypercube axis between its bounds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+impl SweepError {
+    pub fn new(name: &str, reason: impl Into<String>) -> Self {
+        SweepError { name: name.to_string(), reason: reason.into() }
+    }
+}
+
+/// A model configuration whose numeric fields a sweep can read and write by name.
+pub trait Sweepable: Clone {
+    /// Why a configuration is not one the model accepts.
+    type Invalid: std::fmt::Display;
+    /// The value of field `name`.
+    fn get(&self, name: &str) -> Result<f64, SweepError>;
+    /// Sets field `name`; a failed write leaves the configuration unchanged.
+    fn set(&mut self, name: &str, value: f64) -> Result<(), SweepError>;
+    /// Whether the model accepts the configuration as a whole (e.g. no negative capacitance).
+    fn check(&self) -> Result<(), Self::Invalid>;
+}
+
+/// How sweep points are chosen.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum Distribution {
-    /// Uniform in [low, high).
+pub enum SweepMethod {
+    /// Cartesian product of every parameter's `values` / `factors` (first parameter varies slowest).
     #[default]
+    Grid,
+    /// `n` points, each parameter uniform in [min, max].
     Uniform,
-    /// Uniform in log between low and high (both > 0): equal mass per decade.
+    /// `n` points, each parameter log-uniform in [min, max] (min > 0).
     LogUniform,
+    /// `n` points, one per stratum of each parameter's [min, max] (Latin hypercube, uniform strata).
+    LatinHypercube,
 }
 
-/// One axis of a random or Latin-hypercube sweep.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One swept parameter.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct RangeAxis {
-    /// Parameter name.
+pub struct SweepParam {
+    /// Allen config field: `R_input`, `C`, `El`, `th_inf`, `dt`, `init_voltage`, `init_threshold`,
+    /// `spike_cut_length`, `coeffs.th_inf`, `coeffs.C`, `coeffs.G`, `coeffs.a`, `coeffs.b`,
+    /// `asc_amp_array[j]`, `asc_tau_array[j]`, `coeffs.asc_amp_array[j]`, `a_spike`, `b_spike`,
+    /// `a_voltage`, `b_voltage`, `voltage_reset_a`, `voltage_reset_b` [name].
     pub name: String,
-    /// Lower bound (a factor of `base` when it is given) [as parameter].
-    pub low: f64,
-    /// Upper bound (a factor of `base` when it is given) [as parameter].
-    pub high: f64,
-    /// Uniform or log-uniform between the bounds.
+    /// Grid: absolute values [the field's SI unit].
     #[serde(default)]
-    pub distribution: Distribution,
-    /// If given, the bounds are factors and the configuration gets base · value [as parameter].
+    pub values: Option<Vec<f64>>,
+    /// Grid: factors applied to the base config's value [1].
     #[serde(default)]
-    pub base: Option<f64>,
+    pub factors: Option<Vec<f64>>,
+    /// Random methods: lower bound [the field's SI unit, or a factor if `relative`].
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Random methods: upper bound [the field's SI unit, or a factor if `relative`].
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// Random methods: `min` / `max` are factors of the base config's value [bool].
+    #[serde(default)]
+    pub relative: bool,
 }
 
-/// A parameter sweep.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SweepSpec {
-    /// Cartesian product of the axes' values (first axis slowest).
-    Grid {
-        /// The axes, in the order of the table's columns.
-        parameters: Vec<GridAxis>,
-    },
-    /// `n` independent draws, each axis from its distribution.
-    Random {
-        /// The axes, in the order of the table's columns.
-        parameters: Vec<RangeAxis>,
-        /// Number of configurations [1].
-        n: usize,
-        /// Seed of the per-configuration streams [1].
-        seed: u64,
-    },
-    /// Latin hypercube of `n` points: each axis's range is cut into n equal strata (in log for
-    /// log-uniform axes) and every stratum holds exactly one configuration.
-    LatinHypercube {
-        /// The axes, in the order of the table's columns.
-        parameters: Vec<RangeAxis>,
-        /// Number of configurations (and strata per axis) [1].
-        n: usize,
-        /// Seed of the permutation and jitter streams [1].
-        seed: u64,
-    },
+/// A parameter sweep (empty `params` = the base configs only).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// `grid`, `uniform`, `log_uniform` or `latin_hypercube` [enum].
+    #[serde(default)]
+    pub method: SweepMethod,
+    /// Number of points of the random methods [configs].
+    #[serde(default)]
+    pub n: Option<usize>,
+    /// The swept parameters, in column order [list].
+    #[serde(default)]
+    pub params: Vec<SweepParam>,
 }
 
-/// The expanded sweep: `values` is row-major, `names.len()` values per configuration.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SweepTable {
+/// Where in a [`SweepSpec`] a problem is: `field` of parameter `param` (its `item`-th value), or a
+/// top-level `field` (`n`, `params`) when `param` is `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepProblem {
+    pub param: Option<usize>,
+    pub field: &'static str,
+    pub item: Option<usize>,
+    pub message: String,
+}
+
+impl SweepProblem {
+    fn top(field: &'static str, message: impl Into<String>) -> Self {
+        SweepProblem { param: None, field, item: None, message: message.into() }
+    }
+    fn at(param: usize, field: &'static str, message: impl Into<String>) -> Self {
+        SweepProblem { param: Some(param), field, item: None, message: message.into() }
+    }
+    fn item(param: usize, field: &'static str, item: usize, message: impl Into<String>) -> Self {
+        SweepProblem { param: Some(param), field, item: Some(item), message: message.into() }
+    }
+}
+
+/// The expanded sweep: per point, one value per parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPlan {
     pub names: Vec<String>,
-    pub values: Vec<f64>,
-}
-
-impl SweepTable {
-    /// Number of configurations.
-    pub fn len(&self) -> usize {
-        if self.names.is_empty() {
-            0
-        } else {
-            self.values.len() / self.names.len()
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Parameter values of configuration i, in the order of `names`.
-    pub fn config(&self, i: usize) -> &[f64] {
-        let d = self.names.len();
-        &self.values[i * d..(i + 1) * d]
-    }
-    /// All values of one parameter, in configuration order.
-    pub fn column(&self, j: usize) -> impl Iterator<Item = f64> + '_ {
-        self.values
-            .iter()
-            .skip(j)
-            .step_by(self.names.len())
-            .copied()
-    }
-}
-
-/// SplitMix64 finaliser (Steele, Lea & Flood 2014): a bijective 64-bit mixer whose outputs for
-/// consecutive inputs are statistically independent, used to derive stream seeds.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Seed of configuration `index`'s random stream: a function of (seed, index) only.
-pub fn stream_seed(seed: u64, index: u64) -> u64 {
-    splitmix64(seed ^ splitmix64(index))
-}
-
-/// Seeds of the Latin hypercube's permutation streams, kept apart from the per-index streams.
-fn permutation_seed(seed: u64, axis: u64) -> u64 {
-    stream_seed(seed ^ 0x4C48_5350_4552_4D31, axis) // "LHSPERM1"
-}
-
-impl RangeAxis {
-    fn bounds(&self) -> (f64, f64) {
-        let b = self.base.unwrap_or(1.0);
-        (self.low * b, self.high * b)
-    }
-    /// Maps u in [0, 1) onto the axis.
-    fn at(&self, u: f64) -> f64 {
-        let (lo, hi) = self.bounds();
-        match self.distribution {
-            Distribution::Uniform => lo + u * (hi - lo),
-            Distribution::LogUniform => (lo.ln() + u * (hi.ln() - lo.ln())).exp(),
-        }
-    }
-    fn validate(&self) -> Result<(), SweepError> {
-        let err = |field, reason: &str| SweepError::Parameter {
-            name: self.name.clone(),
-            field,
-            reason: reason.to_string(),
-        };
-        for (field, v) in [("low", self.low), ("high", self.high)] {
-            if !v.is_finite() {
-                return Err(err(field, &format!("{v} is not a finite number")));
-            }
-        }
-        if let Some(b) = self.base
-            && !(b.is_finite() && b != 0.0)
-        {
-            return Err(err("base", &format!("{b} must be finite and non-zero")));
-        }
-        let (lo, hi) = self.bounds();
-        if lo > hi {
-            return Err(err("high", &format!("the range [{lo}, {hi}] is reversed")));
-        }
-        if self.distribution == Distribution::LogUniform && lo <= 0.0 {
-            return Err(err(
-                "low",
-                &format!("log_uniform needs a range above 0, got [{lo}, {hi}]"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn check_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), SweepError> {
-    let mut seen: Vec<&str> = Vec::new();
-    for n in names {
-        if n.is_empty() {
-            return Err(SweepError::Parameter {
-                name: String::new(),
-                field: "name",
-                reason: "empty".to_string(),
-            });
-        }
-        if seen.contains(&n) {
-            return Err(SweepError::DuplicateName(n.to_string()));
-        }
-        seen.push(n);
-    }
-    if seen.is_empty() {
-        return Err(SweepError::NoParameters);
-    }
-    Ok(())
+    /// Row-major `[points][names.len()]`; with `relative` parameters the values are factors,
+    /// resolved per base config by [`SweepPlan::config`].
+    pub points: Vec<Vec<f64>>,
+    /// Per parameter: whether `points` holds factors of the base value.
+    pub relative: Vec<bool>,
 }
 
 impl SweepSpec {
-    /// Parameter names, in column order.
-    pub fn names(&self) -> Vec<String> {
-        match self {
-            SweepSpec::Grid { parameters } => parameters.iter().map(|a| a.name.clone()).collect(),
-            SweepSpec::Random { parameters, .. } | SweepSpec::LatinHypercube { parameters, .. } => {
-                parameters.iter().map(|a| a.name.clone()).collect()
+    /// Value problems, all at once. With a `base` configuration, also every parameter name it
+    /// lacks and every grid value that alone would give a configuration the model refuses.
+    pub fn problems<T: Sweepable>(&self, base: Option<&T>) -> Vec<SweepProblem> {
+        let mut out = self.method_problems();
+        let random = self.method != SweepMethod::Grid;
+        let mut seen = std::collections::HashSet::new();
+        let mut grid_size: f64 = 1.0;
+        for (i, p) in self.params.iter().enumerate() {
+            if !seen.insert(p.name.as_str()) {
+                out.push(SweepProblem::at(i, "name", format!("`{}` is swept twice", p.name)));
             }
+            if let Some(base) = base {
+                if let Err(e) = base.get(&p.name) {
+                    out.push(SweepProblem::at(i, "name", e.to_string()));
+                    continue;
+                }
+            }
+            if random {
+                out.extend(self.range_problems(i, p));
+            } else {
+                grid_size *= grid_problems(i, p, &mut out);
+            }
+            if let (Some(base), Some(values)) = (base, p.values.as_ref()) {
+                out.extend(value_problems(i, p, values, base));
+            }
+        }
+        if grid_size > MAX_SWEEP_POINTS as f64 {
+            out.push(SweepProblem::top("params", format!("the grid has {grid_size} points, more than {MAX_SWEEP_POINTS}")));
+        }
+        out
+    }
+
+    /// `n` against the method.
+    fn method_problems(&self) -> Vec<SweepProblem> {
+        let random = self.method != SweepMethod::Grid;
+        match (random, self.n) {
+            (true, None) | (true, Some(0)) => vec![SweepProblem::top("n", "random sweeps need `n` >= 1")],
+            (true, Some(n)) if n > MAX_SWEEP_POINTS => vec![SweepProblem::top("n", format!("more than {MAX_SWEEP_POINTS} points"))],
+            (false, Some(_)) => vec![SweepProblem::top("n", "`n` is for random methods; a grid's size is the product of its value lists")],
+            _ => Vec::new(),
         }
     }
 
-    /// Checks names, values, bounds and the size.
-    pub fn validate(&self) -> Result<(), SweepError> {
-        match self {
-            SweepSpec::Grid { parameters } => {
-                check_names(parameters.iter().map(|a| a.name.as_str()))?;
-                let mut size = 1.0f64;
-                for a in parameters {
-                    let err = |field, reason: String| SweepError::Parameter {
-                        name: a.name.clone(),
-                        field,
-                        reason,
-                    };
-                    if a.values.is_empty() {
-                        return Err(err("values", "no values".to_string()));
-                    }
-                    if let Some(v) = a.values.iter().find(|v| !v.is_finite()) {
-                        return Err(err("values", format!("{v} is not a finite number")));
-                    }
-                    if let Some(b) = a.base
-                        && !b.is_finite()
-                    {
-                        return Err(err("base", format!("{b} is not a finite number")));
-                    }
-                    size *= a.values.len() as f64;
-                }
-                if size > MAX_CONFIGS as f64 {
-                    return Err(SweepError::TooLarge(size));
+    /// A random method's parameter: finite bounds, positive for log-uniform, no value lists.
+    fn range_problems(&self, i: usize, p: &SweepParam) -> Vec<SweepProblem> {
+        let mut out = Vec::new();
+        if p.values.is_some() || p.factors.is_some() {
+            out.push(SweepProblem::at(i, "values", "random methods take `min` and `max`, not value lists"));
+        }
+        match (p.min, p.max) {
+            (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() && lo <= hi => {
+                if self.method == SweepMethod::LogUniform && lo <= 0.0 {
+                    out.push(SweepProblem::at(i, "min", "log-uniform bounds must be > 0"));
                 }
             }
-            SweepSpec::Random { parameters, n, .. }
-            | SweepSpec::LatinHypercube { parameters, n, .. } => {
-                check_names(parameters.iter().map(|a| a.name.as_str()))?;
-                for a in parameters {
-                    a.validate()?;
+            _ => out.push(SweepProblem::at(i, "min", "give finite `min` <= `max`")),
+        }
+        out
+    }
+
+    /// Expands the sweep (seeded; sequential, so independent of the thread count).
+    pub fn expand(&self, seed: u64) -> SweepPlan {
+        let names: Vec<String> = self.params.iter().map(|p| p.name.clone()).collect();
+        let (points, relative) = match self.method {
+            SweepMethod::Grid => self.grid_points(),
+            method => (self.random_points(method, seed), self.params.iter().map(|p| p.relative).collect()),
+        };
+        let points = if names.is_empty() { vec![Vec::new()] } else { points };
+        SweepPlan { names, points, relative }
+    }
+
+    /// The cartesian product of the value lists, last parameter fastest (itertools.product order),
+    /// and which parameters are factors.
+    fn grid_points(&self) -> (Vec<Vec<f64>>, Vec<bool>) {
+        let relative = self.params.iter().map(|p| p.factors.is_some()).collect();
+        let lists: Vec<&Vec<f64>> = self.params.iter().map(|p| p.values.as_ref().or(p.factors.as_ref()).expect("checked")).collect();
+        let total: usize = lists.iter().map(|l| l.len()).product();
+        let points = (0..total)
+            .map(|mut idx| {
+                let mut row = vec![0.0; lists.len()];
+                for d in (0..lists.len()).rev() {
+                    row[d] = lists[d][idx % lists[d].len()];
+                    idx /= lists[d].len();
                 }
-                if *n == 0 {
-                    return Err(SweepError::ZeroConfigs);
+                row
+            })
+            .collect();
+        (points, relative)
+    }
+
+    /// `n` points of a random method: unit-cube samples (Latin hypercube strata or independent
+    /// uniforms, in that order from one stream) mapped onto each parameter's [min, max].
+    fn random_points(&self, method: SweepMethod, seed: u64) -> Vec<Vec<f64>> {
+        let n = self.n.unwrap_or(0);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let bounds: Vec<(f64, f64)> = self.params.iter().map(|p| (p.min.unwrap_or(0.0), p.max.unwrap_or(0.0))).collect();
+        let mut unit = vec![vec![0.0; bounds.len()]; n];
+        if method == SweepMethod::LatinHypercube {
+            for d in 0..bounds.len() {
+                let mut strata: Vec<usize> = (0..n).collect();
+                // Fisher-Yates with the stage's rng.
+                for i in (1..n).rev() {
+                    let j = rng.random_range(0..=i);
+                    strata.swap(i, j);
                 }
-                if *n > MAX_CONFIGS {
-                    return Err(SweepError::TooLarge(*n as f64));
+                for (row, s) in unit.iter_mut().zip(&strata) {
+                    row[d] = (*s as f64 + rng.random::<f64>()) / n as f64;
+                }
+            }
+        } else {
+            for row in unit.iter_mut() {
+                for x in row.iter_mut() {
+                    *x = rng.random::<f64>();
                 }
             }
         }
-        Ok(())
+        let log = method == SweepMethod::LogUniform;
+        unit.into_iter()
+            .map(|row| {
+                row.iter()
+                    .zip(&bounds)
+                    .map(|(&u, &(lo, hi))| if log { (lo.ln() + u * (hi.ln() - lo.ln())).exp() } else { lo + u * (hi - lo) })
+                    .collect()
+            })
+            .collect()
     }
+}
 
-    /// Number of configurations.
-    pub fn n_configs(&self) -> Result<usize, SweepError> {
-        self.validate()?;
-        Ok(match self {
-            SweepSpec::Grid { parameters } => parameters.iter().map(|a| a.values.len()).product(),
-            SweepSpec::Random { n, .. } | SweepSpec::LatinHypercube { n, .. } => *n,
-        })
-    }
-
-    /// Expands the sweep (rows in parallel; identical for any thread count).
-    pub fn generate(&self) -> Result<SweepTable, SweepError> {
-        let n = self.n_configs()?;
-        let names = self.names();
-        let d = names.len();
-        let mut values = vec![0.0; n * d];
-        match self {
-            SweepSpec::Grid { parameters } => {
-                values.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-                    // mixed radix, last axis fastest
-                    let mut rest = i;
-                    for (j, a) in parameters.iter().enumerate().rev() {
-                        let k = a.values.len();
-                        row[j] = a.values[rest % k] * a.base.unwrap_or(1.0);
-                        rest /= k;
-                    }
-                });
+/// A grid parameter: exactly one non-empty list of finite values or factors, no random-method
+/// fields. Returns the list's length (1 when it is missing) for the grid size.
+fn grid_problems(i: usize, p: &SweepParam, out: &mut Vec<SweepProblem>) -> f64 {
+    let mut size = 1.0;
+    match (&p.values, &p.factors) {
+        (Some(v), None) | (None, Some(v)) => {
+            let field = if p.values.is_some() { "values" } else { "factors" };
+            if v.is_empty() {
+                out.push(SweepProblem::at(i, field, "empty list"));
             }
-            SweepSpec::Random {
-                parameters, seed, ..
-            } => {
-                values.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-                    let mut rng = StdRng::seed_from_u64(stream_seed(*seed, i as u64));
-                    for (x, a) in row.iter_mut().zip(parameters) {
-                        *x = a.at(rng.random::<f64>());
-                    }
-                });
+            for (j, x) in v.iter().enumerate() {
+                if !x.is_finite() {
+                    out.push(SweepProblem::item(i, field, j, format!("{x} is not finite")));
+                }
             }
-            SweepSpec::LatinHypercube {
-                parameters, seed, ..
-            } => {
-                // One permutation of the strata per axis (Fisher-Yates), then per configuration a
-                // uniform jitter inside its stratum from the configuration's own stream.
-                let perms: Vec<Vec<u32>> = (0..d)
-                    .into_par_iter()
-                    .map(|j| {
-                        let mut rng = StdRng::seed_from_u64(permutation_seed(*seed, j as u64));
-                        let mut p: Vec<u32> = (0..n as u32).collect();
-                        for k in (1..n).rev() {
-                            let r = rng.random_range(0..=k);
-                            p.swap(k, r);
-                        }
-                        p
-                    })
-                    .collect();
-                let nf = n as f64;
-                values.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-                    let mut rng = StdRng::seed_from_u64(stream_seed(*seed, i as u64));
-                    for (j, (x, a)) in row.iter_mut().zip(parameters).enumerate() {
-                        let u = (f64::from(perms[j][i]) + rng.random::<f64>()) / nf;
-                        *x = a.at(u.min(1.0 - f64::EPSILON / 2.0));
-                    }
-                });
-            }
+            size = v.len().max(1) as f64;
         }
-        Ok(SweepTable { names, values })
+        _ => out.push(SweepProblem::at(i, "values", "a grid parameter needs exactly one of `values` and `factors`")),
+    }
+    if p.min.is_some() || p.max.is_some() || p.relative {
+        out.push(SweepProblem::at(i, "min", "`min`, `max` and `relative` are for random methods"));
+    }
+    size
+}
+
+/// Each absolute value on its own must give a configuration the model accepts.
+fn value_problems<T: Sweepable>(i: usize, p: &SweepParam, values: &[f64], base: &T) -> Vec<SweepProblem> {
+    let mut out = Vec::new();
+    for (j, &x) in values.iter().enumerate() {
+        let mut c = base.clone();
+        let r = c.set(&p.name, x).and_then(|_| c.check().map_err(|e| SweepError::new(&p.name, e.to_string())));
+        if let Err(e) = r {
+            out.push(SweepProblem::item(i, "values", j, e.to_string()));
+        }
+    }
+    out
+}
+
+impl SweepPlan {
+    /// Number of configs per base config.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+    /// Absolute parameter values and the configuration of point `i` applied to `base`.
+    pub fn config<T: Sweepable>(&self, base: &T, i: usize) -> Result<(Vec<f64>, T), SweepError> {
+        let mut c = base.clone();
+        let mut values = Vec::with_capacity(self.names.len());
+        for ((name, &x), &rel) in self.names.iter().zip(&self.points[i]).zip(&self.relative) {
+            let v = if rel { x * base.get(name)? } else { x };
+            c.set(name, v)?;
+            values.push(v);
+        }
+        Ok((values, c))
     }
 }
 
@@ -357,229 +323,89 @@ impl SweepSpec {
 mod tests {
     use super::*;
 
-    /// Study 3 (`specs/studies.md`, from lstm_glif `gen_training_data.py`): 5 parameters × 5 values.
-    const STUDY3: &str = r#"{
-        "method": "grid",
-        "parameters": [
-            {"name": "C", "values": [0.01, 0.05, 0.1, 0.5, 1], "base": 1e-9},
-            {"name": "El", "values": [-0.1, -0.5, 0, 0.5, 0.1]},
-            {"name": "R_input", "values": [0.01834, 0.05834, 0.1834, 0.5834, 1.834], "base": 1e9},
-            {"name": "dt", "values": [1e-5, 3e-5, 5e-5, 7e-5, 9e-5]},
-            {"name": "th_inf", "values": [0.00541, 0.0141, 0.0341, 0.0741, 0.141]}
-        ]
-    }"#;
-
-    #[test]
-    fn study3_grid_size_and_order() {
-        let spec: SweepSpec = serde_json::from_str(STUDY3).unwrap();
-        let t = spec.generate().unwrap();
-        assert_eq!(t.len(), 3125);
-        assert_eq!(t.names, ["C", "El", "R_input", "dt", "th_inf"]);
-        assert_eq!(
-            t.config(0),
-            [0.01 * 1e-9, -0.1, 0.01834 * 1e9, 1e-5, 0.00541]
-        );
-        assert_eq!(
-            t.config(1),
-            [0.01 * 1e-9, -0.1, 0.01834 * 1e9, 1e-5, 0.0141]
-        ); // last axis fastest
-        assert_eq!(t.config(5)[3], 3e-5);
-        assert_eq!(t.config(625)[0], 0.05 * 1e-9); // first axis slowest: changes every 5^4
-        assert_eq!(t.config(3124), [1.0 * 1e-9, 0.1, 1.834 * 1e9, 9e-5, 0.141]);
-        // every combination exactly once
-        let mut rows: Vec<Vec<u64>> = (0..3125)
-            .map(|i| t.config(i).iter().map(|v| v.to_bits()).collect())
-            .collect();
-        rows.sort();
-        rows.dedup();
-        assert_eq!(rows.len(), 3125);
-        assert!(t.column(1).filter(|&v| v == 0.5).count() == 625);
+    /// Two named fields, `a` > 0 required.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Two {
+        a: f64,
+        b: f64,
     }
 
-    #[test]
-    fn latin_hypercube_stratifies_every_axis() {
-        let n = 97;
-        let spec = SweepSpec::LatinHypercube {
-            parameters: vec![
-                RangeAxis {
-                    name: "a".into(),
-                    low: 0.0,
-                    high: 1.0,
-                    distribution: Distribution::Uniform,
-                    base: None,
-                },
-                RangeAxis {
-                    name: "b".into(),
-                    low: -3.0,
-                    high: 5.0,
-                    distribution: Distribution::Uniform,
-                    base: None,
-                },
-                RangeAxis {
-                    name: "g".into(),
-                    low: 1e-3,
-                    high: 1e2,
-                    distribution: Distribution::LogUniform,
-                    base: None,
-                },
-                RangeAxis {
-                    name: "f".into(),
-                    low: 0.8,
-                    high: 1.2,
-                    distribution: Distribution::Uniform,
-                    base: Some(150.0),
-                },
-            ],
-            n,
-            seed: 42,
-        };
-        let t = spec.generate().unwrap();
-        let strata = |j: usize, lo: f64, hi: f64, log: bool| {
-            let mut s: Vec<usize> = t
-                .column(j)
-                .map(|x| {
-                    let u = if log {
-                        (x.ln() - lo.ln()) / (hi.ln() - lo.ln())
-                    } else {
-                        (x - lo) / (hi - lo)
-                    };
-                    assert!((0.0..1.0).contains(&u), "axis {j}: {x}");
-                    (u * n as f64).floor() as usize
-                })
-                .collect();
-            s.sort();
-            s
-        };
-        let all: Vec<usize> = (0..n).collect();
-        assert_eq!(strata(0, 0.0, 1.0, false), all);
-        assert_eq!(strata(1, -3.0, 5.0, false), all);
-        assert_eq!(strata(2, 1e-3, 1e2, true), all);
-        assert_eq!(strata(3, 120.0, 180.0, false), all);
-        // the axes are permuted independently (not the identity pairing)
-        let a: Vec<usize> = t.column(0).map(|x| (x * n as f64) as usize).collect();
-        let b: Vec<usize> = t
-            .column(1)
-            .map(|x| ((x + 3.0) / 8.0 * n as f64) as usize)
-            .collect();
-        assert!(a.iter().zip(&b).filter(|(x, y)| x == y).count() < 10);
-    }
-
-    #[test]
-    fn random_sweeps_have_the_right_ranges_and_spread() {
-        let spec: SweepSpec = serde_json::from_str(
-            r#"{"method": "random", "n": 20000, "seed": 9, "parameters": [
-                {"name": "u", "low": 2, "high": 4},
-                {"name": "g", "low": 1e-2, "high": 1e2, "distribution": "log_uniform"}]}"#,
-        )
-        .unwrap();
-        let t = spec.generate().unwrap();
-        let u: Vec<f64> = t.column(0).collect();
-        let g: Vec<f64> = t.column(1).collect();
-        assert!(u.iter().all(|&x| (2.0..4.0).contains(&x)));
-        assert!(g.iter().all(|&x| (1e-2..1e2).contains(&x)));
-        // uniform: mean 3, var 1/3 (SE 0.004); log-uniform: a quarter of the draws per decade
-        let mean = u.iter().sum::<f64>() / 2e4;
-        assert!((mean - 3.0).abs() < 0.02, "{mean}");
-        for (lo, hi) in [(1e-2, 1e-1), (1e-1, 1.0), (1.0, 1e1), (1e1, 1e2)] {
-            let frac = g.iter().filter(|&&x| x >= lo && x < hi).count() as f64 / 2e4;
-            assert!((frac - 0.25).abs() < 0.015, "decade {lo}: {frac}");
+    impl Sweepable for Two {
+        type Invalid = String;
+        fn get(&self, name: &str) -> Result<f64, SweepError> {
+            match name {
+                "a" => Ok(self.a),
+                "b" => Ok(self.b),
+                _ => Err(SweepError::new(name, "unknown parameter")),
+            }
         }
-        // configuration i does not depend on n (its own stream)
-        let SweepSpec::Random {
-            parameters, seed, ..
-        } = spec.clone()
-        else {
-            unreachable!()
-        };
-        let small = SweepSpec::Random {
-            parameters,
-            n: 10,
-            seed,
+        fn set(&mut self, name: &str, value: f64) -> Result<(), SweepError> {
+            match name {
+                "a" => self.a = value,
+                "b" => self.b = value,
+                _ => return Err(SweepError::new(name, "unknown parameter")),
+            }
+            Ok(())
         }
-        .generate()
-        .unwrap();
-        assert_eq!(small.values[..], t.values[..20]);
-    }
-
-    #[test]
-    fn same_output_with_one_and_four_threads() {
-        let specs = [
-            serde_json::from_str::<SweepSpec>(STUDY3).unwrap(),
-            serde_json::from_str(
-                r#"{"method": "random", "n": 5000, "seed": 1, "parameters": [{"name": "x", "low": 0, "high": 1}]}"#,
-            )
-            .unwrap(),
-            serde_json::from_str(
-                r#"{"method": "latin_hypercube", "n": 5000, "seed": 1, "parameters": [
-                    {"name": "x", "low": 0, "high": 1}, {"name": "y", "low": 1, "high": 10, "distribution": "log_uniform"}]}"#,
-            )
-            .unwrap(),
-        ];
-        for spec in specs {
-            let with = |k| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(k)
-                    .build()
-                    .unwrap()
-                    .install(|| spec.generate().unwrap())
-            };
-            assert_eq!(with(1), with(4));
+        fn check(&self) -> Result<(), String> {
+            if self.a > 0.0 { Ok(()) } else { Err(format!("a = {} must be > 0", self.a)) }
         }
     }
 
+    fn param(name: &str) -> SweepParam {
+        SweepParam { name: name.into(), values: None, factors: None, min: None, max: None, relative: false }
+    }
+
     #[test]
-    fn bad_sweeps_are_errors() {
-        let parse = |s: &str| serde_json::from_str::<SweepSpec>(s);
-        assert!(parse(r#"{"method": "grid", "parameters": [], "extra": 1}"#).is_err());
-        assert!(
-            parse(r#"{"method": "grid", "parameters": [{"name": "a", "value": [1]}]}"#).is_err()
-        );
-        let g = |s: &str| parse(s).unwrap().generate();
-        assert_eq!(
-            g(r#"{"method": "grid", "parameters": []}"#),
-            Err(SweepError::NoParameters)
-        );
-        assert!(matches!(
-            g(r#"{"method": "grid", "parameters": [{"name": "a", "values": []}]}"#),
-            Err(SweepError::Parameter {
-                field: "values",
-                ..
-            })
-        ));
-        assert_eq!(
-            g(
-                r#"{"method": "grid", "parameters": [{"name": "a", "values": [1]}, {"name": "a", "values": [2]}]}"#
-            ),
-            Err(SweepError::DuplicateName("a".into()))
-        );
-        let ten: Vec<f64> = (0..100).map(f64::from).collect();
-        let huge = SweepSpec::Grid {
-            parameters: (0..5)
-                .map(|i| GridAxis {
-                    name: format!("p{i}"),
-                    values: ten.clone(),
-                    base: None,
-                })
-                .collect(),
+    fn grid_is_cartesian_in_product_order() {
+        let spec = SweepSpec {
+            method: SweepMethod::Grid,
+            n: None,
+            params: vec![SweepParam { values: Some(vec![1.0, 2.0]), ..param("a") }, SweepParam { factors: Some(vec![0.5, 1.0, 2.0]), ..param("b") }],
         };
-        assert!(matches!(huge.generate(), Err(SweepError::TooLarge(_))));
-        assert!(matches!(
-            g(
-                r#"{"method": "random", "n": 3, "seed": 0, "parameters": [{"name": "a", "low": 0, "high": 1, "distribution": "log_uniform"}]}"#
-            ),
-            Err(SweepError::Parameter { field: "low", .. })
-        ));
-        assert!(matches!(
-            g(
-                r#"{"method": "latin_hypercube", "n": 3, "seed": 0, "parameters": [{"name": "a", "low": 2, "high": 1}]}"#
-            ),
-            Err(SweepError::Parameter { field: "high", .. })
-        ));
-        assert_eq!(
-            g(
-                r#"{"method": "latin_hypercube", "n": 0, "seed": 0, "parameters": [{"name": "a", "low": 0, "high": 1}]}"#
-            ),
-            Err(SweepError::ZeroConfigs)
-        );
+        let plan = spec.expand(0);
+        assert_eq!(plan.len(), 6);
+        assert_eq!(plan.points[1], vec![1.0, 1.0]);
+        assert_eq!(plan.points[3], vec![2.0, 0.5]);
+        // Factors apply to the base value; absolute values replace it.
+        let (values, c) = plan.config(&Two { a: 9.0, b: 4.0 }, 5).unwrap();
+        assert_eq!((values, c), (vec![2.0, 8.0], Two { a: 2.0, b: 8.0 }));
+    }
+
+    #[test]
+    fn latin_hypercube_fills_every_stratum() {
+        let spec = SweepSpec { method: SweepMethod::LatinHypercube, n: Some(50), params: vec![SweepParam { min: Some(0.0), max: Some(1.0), ..param("a") }] };
+        let plan = spec.expand(3);
+        let mut strata: Vec<usize> = plan.points.iter().map(|p| (p[0] * 50.0) as usize).collect();
+        strata.sort();
+        assert_eq!(strata, (0..50).collect::<Vec<_>>());
+        assert_eq!(plan, spec.expand(3));
+    }
+
+    #[test]
+    fn log_uniform_points_stay_in_their_bounds() {
+        let spec = SweepSpec { method: SweepMethod::LogUniform, n: Some(1000), params: vec![SweepParam { min: Some(1e-3), max: Some(1e2), ..param("a") }] };
+        let plan = spec.expand(1);
+        assert!(plan.points.iter().all(|p| (1e-3..=1e2).contains(&p[0])));
+        let below_one = plan.points.iter().filter(|p| p[0] < 1.0).count();
+        assert!((540..660).contains(&below_one), "3 of 5 decades below 1: {below_one}");
+    }
+
+    #[test]
+    fn problems_are_all_reported_with_their_place() {
+        let spec = SweepSpec {
+            method: SweepMethod::Grid,
+            n: Some(3),
+            params: vec![SweepParam { values: Some(vec![1.0, -1.0, f64::NAN]), ..param("a") }, param("zzz"), SweepParam { factors: Some(vec![]), ..param("b") }],
+        };
+        let p = spec.problems(Some(&Two { a: 1.0, b: 1.0 }));
+        let at = |param: Option<usize>, field: &str, item: Option<usize>| p.iter().find(|q| q.param == param && q.field == field && q.item == item).map(|q| q.message.clone());
+        assert!(at(None, "n", None).unwrap().contains("random methods"));
+        assert!(at(Some(0), "values", Some(1)).unwrap().contains("a = -1 must be > 0"));
+        assert!(at(Some(0), "values", Some(2)).unwrap().contains("not finite"));
+        assert_eq!(at(Some(1), "name", None).unwrap(), "sweep parameter `zzz`: unknown parameter");
+        assert_eq!(at(Some(2), "factors", None).unwrap(), "empty list");
+        // Without a base only the spec itself is checked.
+        assert!(spec.problems::<Two>(None).iter().all(|q| q.param != Some(1)));
     }
 }

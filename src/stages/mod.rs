@@ -17,7 +17,6 @@ pub mod train;
 pub mod sink;
 
 // Files not yet split into their families (one kind per file).
-pub mod allen;
 pub mod cell;
 pub mod old_dic;
 pub mod dic_data;
@@ -25,11 +24,8 @@ pub mod old_features;
 pub mod features_membrane;
 pub mod features_trace;
 pub mod group_stats;
-pub mod old_ingest;
 pub mod old_preprocess;
 pub mod preprocess_signal;
-pub mod old_simulate;
-pub mod simulate_hh;
 pub mod old_train;
 pub mod units;
 
@@ -56,13 +52,6 @@ pub fn registry() -> Vec<KindEntry> {
 /// Kinds whose code has not moved into its family folder yet.
 fn not_yet_in_a_family() -> Vec<KindEntry> {
     vec![
-        entry::<old_simulate::SimulateGlif>(),
-        entry::<old_simulate::SimulateStg>(),
-        entry::<simulate_hh::SimulateHh>(),
-        entry::<old_ingest::IngestAbf>(),
-        entry::<old_ingest::IngestNwb>(),
-        entry::<allen::IngestAllenSweeps>(),
-        entry::<allen::SimulateGlifReplay>(),
         entry::<old_features::FeaturesSpikes>(),
         entry::<old_features::FeaturesSweep>(),
         entry::<units::IngestCellExplorer>(),
@@ -89,7 +78,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<old_train::TrainClassify>(),
         entry::<old_train::TrainCluster>(),
         entry::<old_train::PredictModel>(),
-        entry::<allen::EvaluateRegression>(),
     ]
 }
 

@@ -336,6 +336,39 @@ pub fn adjusted_rand_index(labels_true: &[usize], labels_pred: &[usize]) -> Resu
     Ok((sum_cells - expected) / (max_index - expected))
 }
 
+/// Pearson's correlation coefficient r = Σ(a−ā)(b−b̄) / √(Σ(a−ā)² Σ(b−b̄)²) (NaN when either side
+/// is constant; the caller checks lengths).
+pub fn pearson_r(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+/// The scores of one set of regression predictions; each is `None` where it is undefined (no
+/// rows or a non-finite value for R², MAE and RMSE; fewer than two rows for Pearson's r).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RegressionScores {
+    pub rows: usize,
+    pub r2: Option<f64>,
+    pub mae: Option<f64>,
+    pub rmse: Option<f64>,
+    pub pearson_r: Option<f64>,
+}
+
+/// R², MAE, RMSE and Pearson's r of `y_pred` against `y_true`.
+pub fn regression_scores(y_true: &[f64], y_pred: &[f64]) -> RegressionScores {
+    RegressionScores {
+        rows: y_true.len(),
+        r2: r2_score(y_true, y_pred).ok(),
+        mae: mean_absolute_error(y_true, y_pred).ok(),
+        rmse: root_mean_squared_error(y_true, y_pred).ok(),
+        pearson_r: (y_true.len() > 1).then(|| pearson_r(y_true, y_pred)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,5 +474,23 @@ mod tests {
             }
             assert_eq!(got, best(&w, 0, &mut vec![false; cols]));
         }
+    }
+}
+
+#[cfg(test)]
+mod regression_scores_tests {
+    use super::*;
+
+    #[test]
+    fn regression_scores_are_defined_where_they_can_be() {
+        let s = regression_scores(&[1.0, 2.0, 3.0, 4.0], &[1.5, 2.0, 2.5, 4.5]);
+        assert_eq!(s.rows, 4);
+        assert!((s.mae.unwrap() - 0.375).abs() < 1e-15 && (s.rmse.unwrap() - 0.1875f64.sqrt()).abs() < 1e-15);
+        // cov / sqrt(var_a var_b) = 2.5 / sqrt(5 · 4.1875)
+        assert!((s.pearson_r.unwrap() - 0.9326733179802504).abs() < 1e-15);
+        let one = regression_scores(&[1.0], &[2.0]);
+        assert_eq!((one.r2, one.pearson_r), (Some(0.0), None));
+        let none = regression_scores(&[], &[]);
+        assert_eq!((none.rows, none.r2, none.mae, none.rmse, none.pearson_r), (0, None, None, None, None));
     }
 }

@@ -1,6 +1,7 @@
 //! What every file-reading source shares: listing its files (paths, globs, folders) with all
-//! issues at once, content ids (`recording_id` = a prefix of the file's blake3 hash), emitting each
-//! distinct file once, and the folder `run --watch` watches.
+//! issues at once, content ids (`recording_id` = a prefix of the file's blake3 hash), reading one
+//! file per call and emitting each distinct file once ([`FileBatches`]), and the folder
+//! `run --watch` watches.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,12 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 
 use crate::error::{Error, Result};
-use crate::stage::{Emitter, Issue, StageContext, WatchSource};
+use crate::stage::{Emitter, Issue, SourceOperator, StageContext, WatchSource};
+
+/// Hex digits of a file's blake3 hash kept as `recording_id` unless a stage says otherwise.
+pub(crate) fn default_hash_hex_chars() -> usize {
+    16
+}
 
 /// The checks every file-reading source shares, all issues at once: at least one entry in `paths`,
 /// every entry naming a file with `extension` (`what` names it in the message, e.g. "ABF file"),
@@ -64,19 +70,59 @@ pub(crate) fn expand_paths(ctx: &StageContext, key: &str, paths: &[String], exte
     Ok(files)
 }
 
-/// Emits one file's batch unless a byte-identical file was already emitted (same recording id), or
-/// fails that file alone with the reader's message.
-pub(crate) fn emit_file_once(out: &mut Emitter, seen: &mut HashSet<String>, path: &Path, read: std::result::Result<(String, RecordBatch), String>) {
-    let label = path.display().to_string();
-    match read {
-        Ok((id, batch)) => {
-            if seen.insert(id.clone()) {
-                out.emit(batch);
-            } else {
-                tracing::warn!("{label}: same content as an earlier file (recording {id}); skipped");
+/// A reader's error as the stage's, its message unchanged (the readers name the file, the record
+/// and the field).
+pub(crate) fn reader_error(e: impl std::fmt::Display) -> Error {
+    Error::msg(e.to_string())
+}
+
+/// Whether a file with recording id `id` is new: a byte-identical copy of an earlier file is the
+/// same recording, skipped with a warning.
+pub(crate) fn first_time(seen: &mut HashSet<String>, path: &Path, id: &str) -> bool {
+    let new = seen.insert(id.to_string());
+    if !new {
+        tracing::warn!("{}: same content as an earlier file (recording {id}); skipped", path.display());
+    }
+    new
+}
+
+/// A source that reads one file per call into one batch (`read` gives the recording id and the
+/// batch), emits each distinct file once, and fails a file that cannot be read alone, with the
+/// reader's message.
+pub(crate) struct FileBatches<F> {
+    files: Vec<PathBuf>,
+    next: usize,
+    seen: HashSet<String>,
+    read: F,
+}
+
+impl<F> FileBatches<F>
+where
+    F: FnMut(&Path) -> Result<(String, RecordBatch)> + Send,
+{
+    pub(crate) fn new(files: Vec<PathBuf>, read: F) -> Self {
+        FileBatches { files, next: 0, seen: HashSet::new(), read }
+    }
+}
+
+impl<F> SourceOperator for FileBatches<F>
+where
+    F: FnMut(&Path) -> Result<(String, RecordBatch)> + Send,
+{
+    fn next(&mut self, out: &mut Emitter) -> Result<bool> {
+        let Some(path) = self.files.get(self.next).cloned() else {
+            return Ok(false);
+        };
+        self.next += 1;
+        match (self.read)(&path) {
+            Ok((id, batch)) => {
+                if first_time(&mut self.seen, &path, &id) {
+                    out.emit(batch);
+                }
             }
+            Err(e) => out.fail(path.display().to_string(), e.to_string()),
         }
-        Err(message) => out.fail(label, message),
+        Ok(self.next < self.files.len())
     }
 }
 

@@ -2,9 +2,20 @@
 //!
 //! One file per kind, named after it; [`kinds`] lists them for the registry.
 
-use crate::stage::KindEntry;
+pub mod glif;
+pub mod glif_replay;
+pub mod hh;
+mod list_columns;
+pub mod stg;
+
+use crate::stage::{KindEntry, entry};
 
 /// The kinds of this family, in the order `neurostream stages` lists them.
 pub fn kinds() -> Vec<KindEntry> {
-    vec![]
+    vec![
+        entry::<glif::SimulateGlif>(),
+        entry::<stg::SimulateStg>(),
+        entry::<hh::SimulateHh>(),
+        entry::<glif_replay::SimulateGlifReplay>(),
+    ]
 }

@@ -2,9 +2,13 @@
 //!
 //! One file per kind, named after it; [`kinds`] lists them for the registry.
 
-use crate::stage::KindEntry;
+pub mod evaluate_regression;
+
+use crate::stage::{KindEntry, entry};
 
 /// The kinds of this family, in the order `neurostream stages` lists them.
 pub fn kinds() -> Vec<KindEntry> {
-    vec![]
+    vec![
+        entry::<evaluate_regression::EvaluateRegression>(),
+    ]
 }

@@ -15,18 +15,18 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, LargeListArray, RecordBatch, StringArray};
-use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema, SchemaRef};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::list_columns::list_column;
+use crate::error::{Error, Result};
+use crate::simulate::hh::{self, HhDrive, HhError, HhParams, HhRun, Interpolation, Waveform};
+use crate::simulate::stimulus::StimulusSpec;
 use crate::stage::columns::{f32_trace, field};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext};
-use crate::error::{Error, Result};
-use crate::simulate::hh::{self, HhDrive, HhParams, HhRun, Interpolation, Waveform};
-use crate::simulate::stimulus::StimulusSpec;
 
 /// Which parameter set the neurons start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -70,8 +70,11 @@ pub struct HhOverrides {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum BiasSpec {
+    /// Every neuron's bias [pA].
     Constant(f64),
+    /// Neuron i's bias, one per neuron [pA].
     List(Vec<f64>),
+    /// First neuron `from`, last neuron `to`, linear in between [pA].
     Range { from: f64, to: f64 },
 }
 
@@ -128,7 +131,7 @@ pub struct SimulateHh {
     #[serde(default)]
     pub bias_pa: BiasSpec,
     /// Optional current protocol added to every neuron's bias (shared stimulus module:
-    /// `protocol = "long_square" | "ramp" | "ou_noise" | ...`, in pA and s) [table].
+    /// `protocol = "long_square" | "ramp" | "ornstein_uhlenbeck" | ...`, in pA and s) [table].
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Value>")]
     pub stimulus: Option<StimulusSpec>,
@@ -188,17 +191,24 @@ impl SimulateHh {
         self.stimulus_rate_hz.unwrap_or(1e3 / self.dt_ms)
     }
 
-    fn render_stimulus(&self) -> std::result::Result<Option<Vec<f64>>, String> {
+    /// The stimulus samples at [`Self::stimulus_rate`], refused when shorter than the run.
+    fn render_stimulus(&self) -> Result<Option<Vec<f64>>> {
         let Some(spec) = &self.stimulus else { return Ok(None) };
-        spec.validate().map_err(|e| e.to_string())?;
         let rate = self.stimulus_rate();
-        let samples = spec.render(rate).map_err(|e| e.to_string())?;
+        let samples = spec.render(rate).map_err(|e| Error::msg(e.to_string()))?;
         let needed_ms = self.n_steps() as f64 * self.dt_ms;
         let have_ms = samples.len() as f64 * 1e3 / rate;
         if have_ms + 1e-9 < needed_ms {
-            return Err(format!("the stimulus lasts {have_ms} ms at {rate} Hz but the run needs {needed_ms} ms"));
+            return Err(Error::msg(format!("the stimulus lasts {have_ms} ms at {rate} Hz but the run needs {needed_ms} ms")));
         }
         Ok(Some(samples))
+    }
+
+    fn model_name(&self) -> &'static str {
+        match self.model {
+            HhModel::TraubMiles => "traub_miles",
+            HhModel::Classic => "classic",
+        }
     }
 }
 
@@ -206,11 +216,13 @@ impl StageConfig for SimulateHh {
     const KIND: &'static str = "simulate.hh";
     const SUMMARY: &'static str = "Simulate many independent Hodgkin-Huxley neurons (classic or Traub-Miles), exponential Euler";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "neurons = 10\nduration_ms = 200.0\nbias_pa = { from = 0.0, to = 1000.0 }";
 
     fn arity() -> Arity {
         Arity::Source
     }
 
+    /// Each row is one neuron, simulated on its own bias (the neurons do not interact).
     fn partitioning(&self) -> Partitioning {
         Partitioning::RowWise
     }
@@ -260,7 +272,7 @@ impl StageConfig for SimulateHh {
         }
         if issues.is_empty() {
             if let Err(e) = self.render_stimulus() {
-                issues.push(Issue::at(&["stimulus"], e));
+                issues.push(Issue::at(&["stimulus"], e.to_string()));
             }
         }
         issues
@@ -286,7 +298,7 @@ impl StageConfig for SimulateHh {
     }
 
     fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
-        let stimulus = self.render_stimulus().map_err(|e| Error::msg(format!("stage `{}`: stimulus: {e}", ctx.name)))?;
+        let stimulus = self.render_stimulus().map_err(|e| e.context(format!("stage `{}`: stimulus", ctx.name)))?;
         Ok(Operator::Source(Box::new(HhSource { cfg: self.clone(), params: self.params(), stimulus, schema: output.clone(), next: 0 })))
     }
 }
@@ -302,12 +314,12 @@ struct HhSource {
 impl HhSource {
     /// Simulates neurons `start..end`, in per-thread chunks (the kernel vectorizes across the
     /// neurons of a chunk).
-    fn block(&self, start: usize, end: usize) -> std::result::Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), String> {
+    fn block(&self, start: usize, end: usize) -> std::result::Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), HhError> {
         let n_total = self.cfg.neurons;
         let bias: Vec<f64> = (start..end).map(|i| self.cfg.bias_pa.value(i, n_total)).collect();
         let threads = rayon::current_num_threads().max(1);
         let chunk = bias.len().div_ceil(threads).max(64);
-        let run_for = |b: &[f64]| -> std::result::Result<hh::HhOutput, String> {
+        let run_for = |b: &[f64]| -> std::result::Result<hh::HhOutput, HhError> {
             let run = HhRun {
                 dt_ms: self.cfg.dt_ms,
                 n_steps: self.cfg.n_steps(),
@@ -317,9 +329,9 @@ impl HhSource {
             };
             let waveform = self.stimulus.as_deref().map(|s| Waveform { samples_pa: s, sample_dt_ms: 1e3 / self.cfg.stimulus_rate(), interpolation: Interpolation::Hold });
             let drive = HhDrive { bias_pa: b, waveform, waveform_gain: None };
-            hh::simulate(&self.params, &run, &drive).map_err(|e| e.to_string())
+            hh::simulate(&self.params, &run, &drive)
         };
-        let outs: Vec<std::result::Result<hh::HhOutput, String>> = bias.par_chunks(chunk).map(run_for).collect();
+        let outs: Vec<std::result::Result<hh::HhOutput, HhError>> = bias.par_chunks(chunk).map(run_for).collect();
         let (mut spikes, mut volts) = (Vec::with_capacity(bias.len()), Vec::new());
         for o in outs {
             let o = o?;
@@ -332,18 +344,6 @@ impl HhSource {
     }
 }
 
-fn lists<T: arrow::datatypes::ArrowPrimitiveType>(rows: impl Iterator<Item = Vec<T::Native>>) -> Result<LargeListArray> {
-    let mut offsets = vec![0i64];
-    let mut values = Vec::new();
-    for r in rows {
-        values.extend(r);
-        offsets.push(values.len() as i64);
-    }
-    let item = Arc::new(Field::new("item", T::DATA_TYPE, false));
-    let values = arrow::array::PrimitiveArray::<T>::from_iter_values(values);
-    Ok(LargeListArray::try_new(item, OffsetBuffer::new(offsets.into()), Arc::new(values), None)?)
-}
-
 impl SourceOperator for HhSource {
     fn next(&mut self, out: &mut Emitter) -> Result<bool> {
         let start = self.next;
@@ -352,12 +352,9 @@ impl SourceOperator for HhSource {
             return Ok(false);
         }
         self.next = end;
-        let model = match self.cfg.model {
-            HhModel::TraubMiles => "traub_miles",
-            HhModel::Classic => "classic",
-        };
+        let model = self.cfg.model_name();
         match self.block(start, end) {
-            Err(e) => out.fail(format!("hh neurons {start}..{end}"), e),
+            Err(e) => out.fail(format!("hh neurons {start}..{end}"), e.to_string()),
             Ok((spikes, volts)) => {
                 let n = end - start;
                 let n_total = self.cfg.neurons;
@@ -368,13 +365,14 @@ impl SourceOperator for HhSource {
                     Arc::new(Float64Array::from_iter_values((start..end).map(|i| self.cfg.bias_pa.value(i, n_total)))),
                     Arc::new(Float64Array::from_iter_values(std::iter::repeat_n(self.cfg.dt_ms, n))),
                     Arc::new(Float64Array::from_iter_values(std::iter::repeat_n(self.cfg.n_steps() as f64 * self.cfg.dt_ms, n))),
+                    Arc::new(list_column::<Float64Type, _>(spikes.iter().map(Some), false)?),
                     Arc::new(Int64Array::from_iter_values(spikes.iter().map(|s| s.len() as i64))),
                 ];
-                columns.insert(6, Arc::new(lists::<arrow::datatypes::Float64Type>(spikes.into_iter())?));
                 if self.cfg.record_voltage {
                     let rate = 1e3 / (self.cfg.dt_ms * self.cfg.record_every_steps as f64);
                     columns.push(Arc::new(Float64Array::from_iter_values(std::iter::repeat_n(rate, n))));
-                    columns.push(Arc::new(lists::<arrow::datatypes::Float32Type>(volts.into_iter().map(|v| v.into_iter().map(|x| x as f32).collect()))?));
+                    let mv = volts.into_iter().map(|v| Some(v.into_iter().map(|x| x as f32).collect::<Vec<f32>>()));
+                    columns.push(Arc::new(list_column::<Float32Type, _>(mv, false)?));
                 }
                 out.emit(RecordBatch::try_new(self.schema.clone(), columns)?);
             }
@@ -407,7 +405,7 @@ mod tests {
                 assert!(b.num_rows() <= 3);
                 let col = b.column_by_name("spike_count").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
                 counts.extend(col.values().iter().copied());
-                let resp = b.column_by_name("response").unwrap().as_any().downcast_ref::<LargeListArray>().unwrap();
+                let resp = b.column_by_name("response").unwrap().as_any().downcast_ref::<arrow::array::LargeListArray>().unwrap();
                 assert_eq!(resp.value_length(0) as usize, 20_000 / 10, "200 ms at 0.01 ms, every 10th step");
             }
             if !more {
@@ -443,5 +441,10 @@ mod tests {
 
     fn ctx() -> StageContext {
         StageContext::new("hh", ".", 0, ".")
+    }
+
+    #[test]
+    fn the_example_parses_and_checks() {
+        assert!(cfg(SimulateHh::EXAMPLE).check(&ctx()).is_empty());
     }
 }
