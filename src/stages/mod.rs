@@ -29,8 +29,6 @@ pub mod features_trace;
 pub mod generic;
 pub mod group_stats;
 pub mod old_ingest;
-pub mod old_preprocess;
-pub mod preprocess_signal;
 pub mod old_simulate;
 pub mod simulate_hh;
 pub mod old_train;
@@ -89,12 +87,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<old_dic::DicValidate>(),
         entry::<dic_data::DicTargets>(),
         entry::<dic_data::FeaturesIsi>(),
-        entry::<old_preprocess::IngestNatImg>(),
-        entry::<old_preprocess::PreprocessSpontaneous>(),
-        entry::<old_preprocess::PreprocessVoxelize>(),
-        entry::<preprocess_signal::PreprocessFilter>(),
-        entry::<preprocess_signal::PreprocessResample>(),
-        entry::<preprocess_signal::PreprocessWindow>(),
         entry::<old_train::TrainRegress>(),
         entry::<old_train::TrainClassify>(),
         entry::<old_train::TrainCluster>(),

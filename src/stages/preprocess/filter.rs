@@ -292,7 +292,7 @@ impl StageConfig for PreprocessFilter {
     }
 
     fn build(&self, _ctx: &StageContext, inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
-        let chunked = super::ingest::CHUNK_COLUMNS.iter().all(|c| inputs[0].field_with_name(c).is_ok());
+        let chunked = crate::stages::ingest::CHUNK_COLUMNS.iter().all(|c| inputs[0].field_with_name(c).is_ok());
         Ok(Operator::Transform(Box::new(FilterOp { cfg: self.clone(), schema: output.clone(), chunked, carry: None, design: None })))
     }
 }
@@ -738,7 +738,7 @@ impl StageConfig for PreprocessWindow {
     }
 
     fn build(&self, _ctx: &StageContext, inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
-        let chunked = super::ingest::CHUNK_COLUMNS.iter().all(|c| inputs[0].field_with_name(c).is_ok());
+        let chunked = crate::stages::ingest::CHUNK_COLUMNS.iter().all(|c| inputs[0].field_with_name(c).is_ok());
         Ok(Operator::Transform(Box::new(WindowOp { columns: self.columns_of(&inputs[0]), cfg: self.clone(), schema: output.clone(), chunked })))
     }
 }

@@ -38,7 +38,7 @@ use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ingest::files::{check_file_source, content_id, source_files};
+use crate::stages::ingest::files::{check_file_source, content_id, source_files};
 use crate::stage::columns::{UNIT_KEY, column_list, field, is_string, unit_of};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
