@@ -1,14 +1,19 @@
-//! Signal-preprocessing kernels for sampled traces: Butterworth filtering as second-order
-//! sections ([`butterworth`]), rational polyphase resampling ([`resample`]) and the sample
-//! spans of fixed windows and stimulus-locked epochs ([`window`]).
-//!
-//! Plain functions on `f64` slices, independent of Arrow and actors, so each is tested alone
-//! against scipy's numbers (tests/fixtures/sigproc/make_ref.py); the `preprocess.filter`,
-//! `preprocess.resample` and `preprocess.window` stages (src/stages/preprocess_signal.rs) apply
-//! them row by row to list columns.
+//! Preprocessing kernels, plain functions on `f64`/`f32` slices independent of Arrow and actors,
+//! each tested alone against its reference (scipy, numpy; tests/fixtures):
+//! - sampled traces: Butterworth filtering as second-order sections ([`butterworth`]), rational
+//!   polyphase resampling ([`resample`]) and the sample spans of fixed windows and
+//!   stimulus-locked epochs ([`window`]), which the `preprocess.filter`, `preprocess.resample`
+//!   and `preprocess.window` stages apply row by row to list columns;
+//! - population activity (row-major `rows x neurons` matrices): the Jacobi eigensolver and
+//!   principal axes ([`pca`]), z-scoring and the normalization by the spontaneous period
+//!   ([`normalize`]), and the voxel grid over neuron positions ([`voxel`]), behind
+//!   `preprocess.spontaneous` and `preprocess.voxelize`.
 
 pub mod butterworth;
+pub mod normalize;
+pub mod pca;
 pub mod resample;
+pub mod voxel;
 pub mod window;
 
 /// A complex number, just enough for filter design (poles and zeros). Division is Smith's
@@ -63,5 +68,29 @@ impl Complex {
         }
         let t = ((self.abs() + self.re.abs()) / 2.0).sqrt();
         if self.re >= 0.0 { Complex::new(t, self.im / (2.0 * t)) } else { Complex::new(self.im.abs() / (2.0 * t), t.copysign(self.im)) }
+    }
+}
+
+/// The fixed matrices of `tests/fixtures/natimg/spont_reference.py` and numpy 2 / scipy `eigsh`'s
+/// results on them (the study's own steps), shared by the tests of [`pca`] and [`normalize`].
+#[cfg(test)]
+pub(crate) mod spont_reference {
+    pub fn reference() -> serde_json::Value {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/natimg/spont_reference.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// A JSON matrix as a row-major slice and its column count.
+    pub fn matrix(v: &serde_json::Value) -> (Vec<f64>, usize) {
+        let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
+        let n = rows[0].len();
+        (rows.into_iter().flatten().collect(), n)
+    }
+
+    pub fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs reference {y}");
+        }
     }
 }

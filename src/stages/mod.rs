@@ -24,8 +24,6 @@ pub mod old_features;
 pub mod features_membrane;
 pub mod features_trace;
 pub mod group_stats;
-pub mod old_preprocess;
-pub mod preprocess_signal;
 pub mod old_train;
 pub mod units;
 
@@ -68,12 +66,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<old_dic::DicValidate>(),
         entry::<dic_data::DicTargets>(),
         entry::<dic_data::FeaturesIsi>(),
-        entry::<old_preprocess::IngestNatImg>(),
-        entry::<old_preprocess::PreprocessSpontaneous>(),
-        entry::<old_preprocess::PreprocessVoxelize>(),
-        entry::<preprocess_signal::PreprocessFilter>(),
-        entry::<preprocess_signal::PreprocessResample>(),
-        entry::<preprocess_signal::PreprocessWindow>(),
         entry::<old_train::TrainRegress>(),
         entry::<old_train::TrainClassify>(),
         entry::<old_train::TrainCluster>(),

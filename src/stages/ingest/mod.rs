@@ -5,6 +5,7 @@
 pub mod abf;
 pub mod allen_sweeps;
 pub mod files;
+pub mod natimg;
 pub mod nwb;
 pub mod sweeps_table;
 
@@ -19,5 +20,6 @@ pub fn kinds() -> Vec<KindEntry> {
         entry::<abf::IngestAbf>(),
         entry::<nwb::IngestNwb>(),
         entry::<allen_sweeps::IngestAllenSweeps>(),
+        entry::<natimg::IngestNatImg>(),
     ]
 }
