@@ -16,30 +16,19 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, LargeListArray, RecordBatch, StringArray};
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use rand::{RngExt, SeedableRng, rngs::StdRng};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::old_dic::{lists_ms, ms_per_unit, no_clash};
 use crate::stage::columns::field;
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
-use crate::dic::features::{ActivityClass, extract_features};
+use crate::dic::targets::{Target, TargetSampling, draw_targets};
+use crate::dic::isi::{ISI_FEATURE_NAMES, N_ISI_FEATURES, isi_feature_vector};
 use crate::error::Result;
 
 // ================================================================================================
 // dic.targets
 // ================================================================================================
-
-/// How the targets fill the plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TargetSampling {
-    /// One target per stratum of each axis (thesis notebook).
-    #[default]
-    LatinHypercube,
-    /// Independent uniform draws (data-set generator repository).
-    Uniform,
-}
 
 fn d_n() -> usize {
     1000
@@ -73,40 +62,6 @@ pub struct DicTargets {
     /// Fraction of the targets held out as `test` (chosen at random, seeded) [fraction].
     #[serde(default = "d_test")]
     pub test_fraction: f64,
-}
-
-impl DicTargets {
-    /// (g_s, g_u, is_test) per target, in target order.
-    fn draw(&self, seed: u64) -> Vec<(f64, f64, bool)> {
-        let n = self.n;
-        let mut rng = StdRng::seed_from_u64(seed);
-        let axis = |rng: &mut StdRng, [lo, hi]: [f64; 2]| -> Vec<f64> {
-            match self.sampling {
-                TargetSampling::Uniform => (0..n).map(|_| rng.random_range(lo..=hi)).collect(),
-                TargetSampling::LatinHypercube => {
-                    let mut strata: Vec<usize> = (0..n).collect();
-                    for i in (1..n).rev() {
-                        let j = rng.random_range(0..=i);
-                        strata.swap(i, j);
-                    }
-                    strata.iter().map(|&k| lo + (hi - lo) * (k as f64 + rng.random_range(0.0..1.0)) / n as f64).collect()
-                }
-            }
-        };
-        let gs = axis(&mut rng, self.g_s_range);
-        let gu = axis(&mut rng, self.g_u_range);
-        let n_test = (self.test_fraction * n as f64).round() as usize;
-        let mut order: Vec<usize> = (0..n).collect();
-        for i in 0..n_test.min(n) {
-            let j = rng.random_range(i..n);
-            order.swap(i, j);
-        }
-        let mut test = vec![false; n];
-        for &i in &order[..n_test.min(n)] {
-            test[i] = true;
-        }
-        (0..n).map(|i| (gs[i], gu[i], test[i])).collect()
-    }
 }
 
 impl StageConfig for DicTargets {
@@ -149,12 +104,13 @@ impl StageConfig for DicTargets {
     }
 
     fn build(&self, ctx: &StageContext, _inputs: &[SchemaRef], output: &SchemaRef) -> Result<Operator> {
-        Ok(Operator::Source(Box::new(TargetsSource { targets: self.draw(ctx.seed), schema: output.clone(), next: 0 })))
+        let targets = draw_targets(self.n, self.sampling, self.g_s_range, self.g_u_range, self.test_fraction, ctx.seed);
+        Ok(Operator::Source(Box::new(TargetsSource { targets, schema: output.clone(), next: 0 })))
     }
 }
 
 struct TargetsSource {
-    targets: Vec<(f64, f64, bool)>,
+    targets: Vec<Target>,
     schema: SchemaRef,
     next: usize,
 }
@@ -172,9 +128,9 @@ impl SourceOperator for TargetsSource {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values((start..end).map(|i| format!("target-{i}")))),
             Arc::new(Int64Array::from_iter_values((start..end).map(|i| i as i64))),
-            Arc::new(Float64Array::from_iter_values(t.iter().map(|x| x.0))),
-            Arc::new(Float64Array::from_iter_values(t.iter().map(|x| x.1))),
-            Arc::new(StringArray::from_iter_values(t.iter().map(|x| if x.2 { "test" } else { "train" }))),
+            Arc::new(Float64Array::from_iter_values(t.iter().map(|x| x.g_s))),
+            Arc::new(Float64Array::from_iter_values(t.iter().map(|x| x.g_u))),
+            Arc::new(StringArray::from_iter_values(t.iter().map(|x| if x.test { "test" } else { "train" }))),
         ];
         out.emit(RecordBatch::try_new(self.schema.clone(), columns)?);
         Ok(self.next < self.targets.len())
@@ -184,116 +140,6 @@ impl SourceOperator for TargetsSource {
 // ================================================================================================
 // features.isi
 // ================================================================================================
-
-/// Names of the entries of [`isi_feature_vector`], in order (units in brackets).
-pub const ISI_FEATURE_NAMES: [&str; 23] = [
-    "rate_hz",
-    "log_isi_mean",
-    "log_isi_std",
-    "log_isi_min",
-    "log_isi_max",
-    "log_isi_q05",
-    "log_isi_q10",
-    "log_isi_q25",
-    "log_isi_q50",
-    "log_isi_q75",
-    "log_isi_q90",
-    "log_isi_q95",
-    "isi_cv",
-    "dlog_isi_abs_mean",
-    "dlog_isi_std",
-    "log_isi_lag1_autocorrelation",
-    "fraction_short_isi",
-    "class_bursting",
-    "spikes_per_burst",
-    "burst_duration_ms",
-    "f_intra_burst_hz",
-    "f_inter_burst_hz",
-    "f_spiking_hz",
-];
-
-/// numpy's default (linear) quantile of sorted data.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-/// The ISI summary of a train in ms (see [`ISI_FEATURE_NAMES`]): the firing rate over the train,
-/// the distribution of ln ISI (ms) — mean, std, extremes, quantiles —, CV, the size and
-/// correlation of successive ln-ISI changes (bursts alternate short and long intervals), the share
-/// of ISIs below the Spike2Pop burst threshold (max + min ISI)/2, and the Spike2Pop class and burst
-/// metrics (0 where they do not apply). Shift- and window-length-invariant (rates, not counts), so
-/// a 1-s recorded train and a 3-s simulated one are comparable. `None` for fewer than 3 spikes
-/// (silent, as Spike2Pop labels them) or a non-increasing train.
-pub fn isi_feature_vector(times_ms: &[f64]) -> Option<[f64; 23]> {
-    let f = extract_features(times_ms).ok()?;
-    if f.label == ActivityClass::Silent {
-        return None;
-    }
-    let isi: Vec<f64> = times_ms.windows(2).map(|w| w[1] - w[0]).collect();
-    if isi.iter().any(|d| !(d.is_finite() && *d > 0.0)) {
-        return None;
-    }
-    let n = isi.len() as f64;
-    let l: Vec<f64> = isi.iter().map(|d| d.ln()).collect();
-    let mut ls = l.clone();
-    ls.sort_by(f64::total_cmp);
-    let mean_l = l.iter().sum::<f64>() / n;
-    let std_l = (l.iter().map(|x| (x - mean_l).powi(2)).sum::<f64>() / n).sqrt();
-    let mean_isi = isi.iter().sum::<f64>() / n;
-    let cv = (isi.iter().map(|x| (x - mean_isi).powi(2)).sum::<f64>() / n).sqrt() / mean_isi;
-    let dl: Vec<f64> = l.windows(2).map(|w| w[1] - w[0]).collect();
-    let (dabs, dstd) = if dl.is_empty() {
-        (0.0, 0.0)
-    } else {
-        let m = dl.iter().sum::<f64>() / dl.len() as f64;
-        (dl.iter().map(|x| x.abs()).sum::<f64>() / dl.len() as f64, (dl.iter().map(|x| (x - m).powi(2)).sum::<f64>() / dl.len() as f64).sqrt())
-    };
-    // The interval-structure features (successive changes, lag-1 correlation, short-ISI share)
-    // describe bursts; on a regular train (CV ≤ 0.15, Spike2Pop's tonic rule) they measure only
-    // integration jitter, which differs between simulators (a BDF-simulated 10 Hz train fed to
-    // trees trained on exponential-Euler trains landed in the bursting region). They are 0 there.
-    let regular = cv <= 0.15;
-    let (dabs, dstd) = if regular { (0.0, 0.0) } else { (dabs, dstd) };
-    let lag1 = if !regular && l.len() >= 3 && std_l > 1e-12 {
-        let c: f64 = l.windows(2).map(|w| (w[0] - mean_l) * (w[1] - mean_l)).sum::<f64>() / (n - 1.0);
-        c / (std_l * std_l)
-    } else {
-        0.0
-    };
-    let (min_i, max_i) = (isi.iter().copied().fold(f64::INFINITY, f64::min), isi.iter().copied().fold(0.0, f64::max));
-    let thr = 0.5 * (min_i + max_i);
-    let short = if regular { 0.0 } else { isi.iter().filter(|&&d| d < thr).count() as f64 / n };
-    let z = |x: f64| if x.is_finite() { x } else { 0.0 };
-    let span = times_ms[times_ms.len() - 1] - times_ms[0];
-    Some([
-        1000.0 * n / span,
-        mean_l,
-        std_l,
-        ls[0],
-        ls[ls.len() - 1],
-        quantile(&ls, 0.05),
-        quantile(&ls, 0.10),
-        quantile(&ls, 0.25),
-        quantile(&ls, 0.50),
-        quantile(&ls, 0.75),
-        quantile(&ls, 0.90),
-        quantile(&ls, 0.95),
-        cv,
-        dabs,
-        dstd,
-        lag1,
-        short,
-        if f.label == ActivityClass::Bursting { 1.0 } else { 0.0 },
-        z(f.nbr_spikes_bursting),
-        z(f.duration_bursting_ms),
-        z(f.f_intra_bursting_hz),
-        z(f.f_inter_bursting_hz),
-        z(f.f_spiking_hz),
-    ])
-}
 
 fn d_spikes() -> String {
     "spike_times".into()
@@ -353,7 +199,7 @@ struct IsiOperator {
 impl TransformOperator for IsiOperator {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         let trains = lists_ms(&batch, &self.column, self.scale)?;
-        let vecs: Vec<Option<[f64; 23]>> = trains.iter().map(|t| t.as_deref().and_then(isi_feature_vector)).collect();
+        let vecs: Vec<Option<[f64; N_ISI_FEATURES]>> = trains.iter().map(|t| t.as_deref().and_then(isi_feature_vector)).collect();
         let mut offsets = vec![0i64];
         let mut values = Vec::new();
         for v in &vecs {
@@ -373,44 +219,5 @@ impl TransformOperator for IsiOperator {
         columns.push(Arc::new(list));
         out.emit(RecordBatch::try_new(self.schema.clone(), columns)?);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latin_hypercube_puts_one_target_in_every_stratum_and_holds_out_the_fraction() {
-        let t = DicTargets { n: 200, sampling: TargetSampling::LatinHypercube, g_s_range: [-20.0, 20.0], g_u_range: [0.0, 20.0], test_fraction: 0.25 };
-        let d = t.draw(3);
-        let mut gs: Vec<usize> = d.iter().map(|x| ((x.0 + 20.0) / 40.0 * 200.0) as usize).collect();
-        let mut gu: Vec<usize> = d.iter().map(|x| (x.1 / 20.0 * 200.0) as usize).collect();
-        gs.sort();
-        gu.sort();
-        assert_eq!(gs, (0..200).collect::<Vec<_>>());
-        assert_eq!(gu, (0..200).collect::<Vec<_>>());
-        assert_eq!(d.iter().filter(|x| x.2).count(), 50);
-        assert_eq!(d, t.draw(3), "seeded");
-        assert_ne!(d, t.draw(4));
-    }
-
-    #[test]
-    fn isi_features_of_a_periodic_train_and_of_a_burster() {
-        let tonic: Vec<f64> = (0..20).map(|k| 3000.0 + 100.0 * k as f64).collect();
-        let v = isi_feature_vector(&tonic).unwrap();
-        assert!((v[0] - 10.0).abs() < 1e-9, "rate {}", v[0]);
-        assert!((v[1] - 100f64.ln()).abs() < 1e-12 && v[2].abs() < 1e-12 && v[12].abs() < 1e-12);
-        assert_eq!(v[17], 0.0, "tonic");
-        assert_eq!(&v[13..17], &[0.0; 4], "no burst structure on a regular train");
-        // Bursts of 4 spikes 10 ms apart every 500 ms.
-        let burst: Vec<f64> = (0..8).flat_map(|b| (0..4).map(move |s| 500.0 * b as f64 + 10.0 * s as f64)).collect();
-        let v = isi_feature_vector(&burst).unwrap();
-        assert_eq!(v[17], 1.0, "bursting");
-        assert!((v[18] - 4.0).abs() < 1e-12, "spikes per burst {}", v[18]);
-        assert!((v[16] - 24.0 / 31.0).abs() < 1e-12, "short-ISI share {}", v[16]);
-        assert!(v[15] < 0.0, "short and long intervals alternate: negative lag-1 correlation");
-        assert!(isi_feature_vector(&[1.0, 2.0]).is_none(), "fewer than 3 spikes is silent");
-        assert!(isi_feature_vector(&[1.0, 3.0, 2.0, 4.0]).is_none(), "unsorted");
     }
 }

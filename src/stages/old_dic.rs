@@ -46,43 +46,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::stage::columns::{field, type_name, unit_of};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
-use crate::dic::compensation::{NeuromodulationConfig, SeedConfig, generate_neuromodulated_population, residual_gs_gu};
+use crate::dic::DicStageError;
+use crate::dic::estimate::{Estimate, RefineCriterion, RefineProtocol, estimable_class, estimate_targets, refine_estimate};
 use crate::dic::features::{ActivityClass, SpikeTrainFeatures, extract_features, van_rossum_distance};
-use crate::dic::{CalciumRoute, dics};
+use crate::dic::isi::{ISI_FEATURE_NAMES, isi_feature_vector};
+use crate::dic::population::{PopulationProtocol, population_for_target, unit_seed};
+use crate::dic::reference::{ReferenceProtocol, ReferenceSet, build_reference};
+use crate::dic::spike_times::{HEADER, parse_spike_line, short};
+use crate::dic::validation::{PopulationTally, TargetSummary};
 use crate::error::{Error, Result};
 use crate::train::models::FittedModel;
-use crate::simulate::stg::{self, CONDUCTANCE_NAMES, GateTables, N_CONDUCTANCES, SimulationConfig, StgParams};
-
-/// Errors of the kernels of this module (row parsing, reference set, estimation).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DicStageError {
-    #[error("line {line}: expected `ID,spiking_times`, found no comma")]
-    NoComma { line: usize },
-    #[error("empty ID")]
-    EmptyId,
-    #[error("spiking_times is not a \"[t1, t2, ...]\" list: {0}")]
-    NotAList(String),
-    #[error("spike #{index} `{text}` is not a number")]
-    NotANumber { index: usize, text: String },
-    #[error("spike #{index} = {value} is not finite")]
-    NonFinite { index: usize, value: f64 },
-    #[error("spike #{index} = {value} is negative")]
-    Negative { index: usize, value: f64 },
-    #[error("spike #{index} = {value} duplicates the previous spike")]
-    Duplicate { index: usize, value: f64 },
-    #[error("spike times are not sorted: #{index} = {value} comes after {previous}")]
-    Unsorted { index: usize, value: f64, previous: f64 },
-    #[error("{count} spikes, at least {min} needed (Spike2Pop labels trains with < 3 spikes silent)")]
-    TooFewSpikes { count: usize, min: usize },
-    #[error("the ID `{0}` appears more than once")]
-    DuplicateId(String),
-    #[error("no reference cell of class {0:?}: widen the reference grid")]
-    NoReference(ActivityClass),
-    #[error("silent train (< 3 spikes): Spike2Pop makes no prediction for it")]
-    Silent,
-    #[error("invalid spike train: {0}")]
-    BadTrain(String),
-}
+use crate::simulate::stg::{CONDUCTANCE_NAMES, N_CONDUCTANCES, SimulationConfig};
 
 // ================================================================================================
 // Arrow helpers
@@ -153,14 +127,6 @@ fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>>
     Ok(col.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect())
 }
 
-fn class_name(c: ActivityClass) -> &'static str {
-    match c {
-        ActivityClass::Silent => "silent",
-        ActivityClass::Spiking => "spiking",
-        ActivityClass::Bursting => "bursting",
-    }
-}
-
 fn require_column(schema: &Schema, column: &str, expected: &str, accept: impl Fn(&DataType) -> bool) -> std::result::Result<(), Issue> {
     crate::stage::columns::require(schema, "inputs[0]", column, expected, accept, None, &["inputs"])
 }
@@ -173,93 +139,9 @@ pub(super) fn no_clash(schema: &Schema, added: &[&str]) -> Vec<Issue> {
         .map(|f| Issue::inputs(format!("the input already has a column `{}` that this stage adds", f.name())))
         .collect()
 }
-
-/// Per-recording seed: FNV-1a of the id mixed into the stage seed, so a target's population does
-/// not depend on batch boundaries or row order.
-fn unit_seed(stage_seed: u64, id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let mut z = stage_seed ^ h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 // ================================================================================================
 // ingest.spike_times
 // ================================================================================================
-
-/// One parsed row of a Spike2Pop spike-time CSV.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpikeRow {
-    pub id: String,
-    pub times: Vec<f64>,
-}
-
-/// Parses the `spiking_times` field: a Python list string `[t1, t2, ...]`, optionally inside
-/// double quotes (Spike2Pop writes it with pandas, which quotes it because it holds commas).
-/// Checks every time: a number, finite, ≥ 0, strictly increasing (a repeated time is reported as
-/// a duplicate), and at least `min_spikes` of them.
-pub fn parse_spike_list(text: &str, min_spikes: usize) -> std::result::Result<Vec<f64>, DicStageError> {
-    let mut s = text.trim();
-    if s.starts_with('"') || s.ends_with('"') {
-        if !(s.len() >= 2 && s.starts_with('"') && s.ends_with('"')) {
-            return Err(DicStageError::NotAList(format!("unbalanced quotes in `{}`", short(s))));
-        }
-        s = s[1..s.len() - 1].trim();
-    }
-    if !(s.starts_with('[') && s.ends_with(']')) || s.len() < 2 {
-        return Err(DicStageError::NotAList(format!("`{}` does not start with `[` and end with `]`", short(s))));
-    }
-    let inner = s[1..s.len() - 1].trim();
-    let mut times = Vec::new();
-    if !inner.is_empty() {
-        for (index, part) in inner.split(',').enumerate() {
-            let t = part.trim();
-            let value: f64 = t.parse().map_err(|_| DicStageError::NotANumber { index, text: short(t) })?;
-            if !value.is_finite() {
-                return Err(DicStageError::NonFinite { index, value });
-            }
-            if value < 0.0 {
-                return Err(DicStageError::Negative { index, value });
-            }
-            if let Some(&previous) = times.last() {
-                if value == previous {
-                    return Err(DicStageError::Duplicate { index, value });
-                }
-                if value < previous {
-                    return Err(DicStageError::Unsorted { index, value, previous });
-                }
-            }
-            times.push(value);
-        }
-    }
-    if times.len() < min_spikes {
-        return Err(DicStageError::TooFewSpikes { count: times.len(), min: min_spikes });
-    }
-    Ok(times)
-}
-
-fn short(s: &str) -> String {
-    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s.to_string() }
-}
-
-/// Parses one data line `ID,spiking_times` into (id, result). The id is everything before the
-/// first comma (quotes stripped). `None` id when the line has no comma at all.
-pub fn parse_spike_line(line: &str, line_no: usize, min_spikes: usize) -> (Option<String>, std::result::Result<Vec<f64>, DicStageError>) {
-    let Some((id, rest)) = line.split_once(',') else {
-        return (None, Err(DicStageError::NoComma { line: line_no }));
-    };
-    let id = id.trim().trim_matches('"').trim().to_string();
-    if id.is_empty() {
-        return (None, Err(DicStageError::EmptyId));
-    }
-    let parsed = parse_spike_list(rest, min_spikes);
-    (Some(id), parsed)
-}
 
 fn default_min_spikes() -> usize {
     3
@@ -369,7 +251,7 @@ impl SourceOperator for SpikeCsvSource {
             let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
             let header = lines.first().map(|h| h.trim().to_string()).unwrap_or_default();
             let cols: Vec<&str> = header.split(',').map(|c| c.trim().trim_matches('"')).collect();
-            if cols != ["ID", "spiking_times"] {
+            if cols != HEADER {
                 out.fail(
                     self.path.display().to_string(),
                     format!("header is `{}`, expected `ID,spiking_times` (Spike2Pop format)", short(&header)),
@@ -423,176 +305,6 @@ impl SourceOperator for SpikeCsvSource {
 // ================================================================================================
 // dic.estimate
 // ================================================================================================
-
-/// Number of ISI statistics in the estimator's feature vector.
-pub const N_ISI_STATS: usize = 5;
-
-/// ISI statistics of a train (ms): [ln min ISI, ln median ISI, ln max ISI, ln mean ISI,
-/// CV(ISI)]. For a periodic burster, min ≈ intra-burst ISI, max ≈ inter-burst gap and the
-/// median/mean place the spikes per burst; for a tonic spiker all four logs coincide and CV ≈ 0.
-/// Invariant to a time shift. `None` with fewer than 3 spikes or a zero ISI.
-pub fn isi_statistics(times_ms: &[f64]) -> Option<[f64; N_ISI_STATS]> {
-    if times_ms.len() < 3 {
-        return None;
-    }
-    let mut isi: Vec<f64> = times_ms.windows(2).map(|w| w[1] - w[0]).collect();
-    if isi.iter().any(|d| !(d.is_finite() && *d > 0.0)) {
-        return None;
-    }
-    isi.sort_by(f64::total_cmp);
-    let n = isi.len();
-    let median = if n % 2 == 1 { isi[n / 2] } else { 0.5 * (isi[n / 2 - 1] + isi[n / 2]) };
-    let mean = isi.iter().sum::<f64>() / n as f64;
-    let std = (isi.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>() / n as f64).sqrt();
-    Some([isi[0].ln(), median.ln(), isi[n - 1].ln(), mean.ln(), std / mean])
-}
-
-/// One simulated reference cell: its target DICs, class and ISI statistics.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ReferenceCell {
-    pub g_s: f64,
-    pub g_u: f64,
-    pub class: ActivityClass,
-    pub stats: [f64; N_ISI_STATS],
-}
-
-/// The estimator's reference set, with the per-dimension scale (std over all cells) used to
-/// z-score distances.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReferenceSet {
-    pub cells: Vec<ReferenceCell>,
-    pub scale: [f64; N_ISI_STATS],
-    /// Targets of the grid that gave no usable cell (unreachable or silent).
-    pub empty_targets: usize,
-}
-
-/// How the reference set is built (thesis data-set protocol on a grid instead of a Latin
-/// hypercube).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ReferenceProtocol {
-    pub g_s_range: (f64, f64, usize),
-    pub g_u_range: (f64, f64, usize),
-    pub cells_per_target: usize,
-    pub v_th_mv: f64,
-    pub iterations: usize,
-    pub max_residual: f64,
-    pub sim: SimulationConfig,
-}
-
-fn linspace((a, b, n): (f64, f64, usize)) -> Vec<f64> {
-    match n {
-        0 => vec![],
-        1 => vec![a],
-        _ => (0..n).map(|i| a + (b - a) * i as f64 / (n - 1) as f64).collect(),
-    }
-}
-
-/// Simulates the reference set: for every (g_s, g_u) of the grid, `cells_per_target` cells of a
-/// neuromodulated population (seeded per target), cells with residual > `max_residual` dropped,
-/// each simulated with the exponential-Euler kernel (gate tables) and summarised by its class
-/// and [`isi_statistics`] over the recorded window. Silent cells are not kept.
-pub fn build_reference(p: &ReferenceProtocol, seed: u64) -> std::result::Result<ReferenceSet, String> {
-    let params = StgParams::default();
-    let route = CalciumRoute::default();
-    let tables = GateTables::new(p.sim.dt_ms).map_err(|e| e.to_string())?;
-    let u0 = stg::default_initial_state();
-    let mut cells_g = Vec::new();
-    let mut labels = Vec::new();
-    let mut k = 0u64;
-    let ncfg = NeuromodulationConfig { v_th_mv: p.v_th_mv, iterations: p.iterations, ..NeuromodulationConfig::default() };
-    for &gs in &linspace(p.g_s_range) {
-        for &gu in &linspace(p.g_u_range) {
-            k += 1;
-            let pop = generate_neuromodulated_population(
-                p.cells_per_target,
-                unit_seed(seed, &format!("ref{k}")),
-                gs,
-                gu,
-                &SeedConfig::default(),
-                &ncfg,
-                &params,
-                route,
-            )
-            .map_err(|e| e.to_string())?;
-            for g in pop.conductances {
-                let ok = dics(p.v_th_mv, &g, &params, route).map(|d| residual_gs_gu(&d, gs, gu) <= p.max_residual).unwrap_or(false);
-                if ok {
-                    cells_g.push(g);
-                    labels.push((gs, gu, k));
-                }
-            }
-        }
-    }
-    let sims = stg::simulate_population_with_tables(&cells_g, &u0, &params, &p.sim, &tables);
-    let mut cells = Vec::new();
-    let mut used_targets = HashSet::new();
-    for (sim, &(g_s, g_u, k)) in sims.iter().zip(&labels) {
-        let Ok(sim) = sim else { continue };
-        let Ok(f) = extract_features(&sim.spike_times_ms) else { continue };
-        if f.label == ActivityClass::Silent {
-            continue;
-        }
-        if let Some(stats) = isi_statistics(&sim.spike_times_ms) {
-            cells.push(ReferenceCell { g_s, g_u, class: f.label, stats });
-            used_targets.insert(k);
-        }
-    }
-    let mut scale = [1.0; N_ISI_STATS];
-    if cells.len() >= 2 {
-        for (d, s) in scale.iter_mut().enumerate() {
-            let mean = cells.iter().map(|c| c.stats[d]).sum::<f64>() / cells.len() as f64;
-            let sd = (cells.iter().map(|c| (c.stats[d] - mean).powi(2)).sum::<f64>() / cells.len() as f64).sqrt();
-            if sd > 1e-12 {
-                *s = sd;
-            }
-        }
-    }
-    Ok(ReferenceSet { cells, scale, empty_targets: k as usize - used_targets.len() })
-}
-
-/// Output of [`estimate_targets`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    pub class: ActivityClass,
-    pub g_s: f64,
-    pub g_u: f64,
-    /// Mean z-scored distance to the neighbours used (how typical the train is of the reference).
-    pub distance: f64,
-    pub neighbours: usize,
-}
-
-/// k-nearest-neighbour estimate: the mean (g_s, g_u) target of the `k` reference cells of the
-/// same activity class nearest in z-scored ISI-statistics space.
-pub fn estimate_targets(reference: &ReferenceSet, times_ms: &[f64], k: usize) -> std::result::Result<Estimate, DicStageError> {
-    let f = extract_features(times_ms).map_err(|e| DicStageError::BadTrain(e.to_string()))?;
-    if f.label == ActivityClass::Silent {
-        return Err(DicStageError::Silent);
-    }
-    let stats = isi_statistics(times_ms).ok_or_else(|| DicStageError::BadTrain("zero or non-finite ISI".into()))?;
-    let mut d: Vec<(f64, &ReferenceCell)> = reference
-        .cells
-        .iter()
-        .filter(|c| c.class == f.label)
-        .map(|c| {
-            let d2: f64 = (0..N_ISI_STATS).map(|j| ((c.stats[j] - stats[j]) / reference.scale[j]).powi(2)).sum();
-            (d2.sqrt(), c)
-        })
-        .collect();
-    if d.is_empty() {
-        return Err(DicStageError::NoReference(f.label));
-    }
-    d.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let n = k.max(1).min(d.len());
-    let near = &d[..n];
-    Ok(Estimate {
-        class: f.label,
-        g_s: near.iter().map(|x| x.1.g_s).sum::<f64>() / n as f64,
-        g_u: near.iter().map(|x| x.1.g_u).sum::<f64>() / n as f64,
-        distance: near.iter().map(|x| x.0).sum::<f64>() / n as f64,
-        neighbours: n,
-    })
-}
-
 fn default_spike_column() -> String {
     "spike_times".into()
 }
@@ -767,15 +479,6 @@ pub struct Refine {
     pub criterion: RefineCriterion,
 }
 
-/// Ranking of the refinement candidates (see [`Refine::criterion`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RefineCriterion {
-    #[default]
-    Distance,
-    Ratio,
-}
-
 /// Paths of a (g_s, g_u) regressor pair.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -804,7 +507,7 @@ impl DicEstimate {
         let load = |key: &str, p: &str| -> std::result::Result<FittedModel, Issue> {
             let path = ctx.resolve(p);
             let m = FittedModel::from_file(&path).map_err(|e| Issue::at(&[key], e))?;
-            let want: Vec<String> = (0..super::dic_data::ISI_FEATURE_NAMES.len()).map(|i| format!("isi_features[{i}]")).collect();
+            let want: Vec<String> = (0..ISI_FEATURE_NAMES.len()).map(|i| format!("isi_features[{i}]")).collect();
             if m.feature_names != want {
                 return Err(Issue::at(&[key], format!("{}: the model was not trained on the {} `isi_features` of features.isi", path.display(), want.len())));
             }
@@ -830,15 +533,35 @@ impl DicEstimate {
         })
     }
 
+    /// The cells of a reference target or a refinement candidate: `cells` of them, kept within
+    /// this stage's residual.
+    fn population(&self, cells: usize) -> PopulationProtocol {
+        PopulationProtocol { cells, v_th_mv: self.v_th_mv, iterations: self.iterations, max_residual: self.max_residual }
+    }
+
+    /// The STG simulation of the reference cells, or of the refinement's (`duration_ms`).
+    fn simulation(&self, duration_ms: f64) -> SimulationConfig {
+        SimulationConfig { dt_ms: self.dt_ms, duration_ms, transient_ms: self.transient_ms, ..SimulationConfig::default() }
+    }
+
     fn protocol(&self) -> ReferenceProtocol {
         ReferenceProtocol {
             g_s_range: (self.g_s_min, self.g_s_max, self.g_s_points),
             g_u_range: (self.g_u_min, self.g_u_max, self.g_u_points),
-            cells_per_target: self.cells_per_reference,
-            v_th_mv: self.v_th_mv,
-            iterations: self.iterations,
-            max_residual: self.max_residual,
-            sim: SimulationConfig { dt_ms: self.dt_ms, duration_ms: self.duration_ms, transient_ms: self.transient_ms, ..SimulationConfig::default() },
+            population: self.population(self.cells_per_reference),
+            sim: self.simulation(self.duration_ms),
+        }
+    }
+
+    fn refine_protocol(&self, r: &Refine) -> RefineProtocol {
+        RefineProtocol {
+            step_g_s: r.step_g_s,
+            step_g_u: r.step_g_u,
+            radius: r.radius,
+            rounds: r.rounds,
+            criterion: r.criterion,
+            population: self.population(r.cells),
+            sim: self.simulation(r.duration_ms),
         }
     }
 }
@@ -976,101 +699,17 @@ struct EstimateOperator {
     models: Option<Arc<EstimatorModels>>,
     schema: SchemaRef,
 }
-
-/// One refinement candidate's score: the share of its cells in the train's class and the
-/// criterion value (lower is better).
-fn score_candidate(
-    cfg: &DicEstimate,
-    r: &Refine,
-    class: ActivityClass,
-    (gs, gu): (f64, f64),
-    train_ms: &[f64],
-    seed: u64,
-    sim: &SimulationConfig,
-    tables: &GateTables,
-) -> Option<(f64, f64)> {
-    let pop = population_for_target(r.cells, seed, gs, gu, cfg.v_th_mv, cfg.iterations, cfg.max_residual).ok()?;
-    if pop.conductances.is_empty() {
-        return None;
-    }
-    let sims = stg::simulate_population_with_tables(&pop.conductances, &stg::default_initial_state(), &StgParams::default(), sim, tables);
-    let trains: Vec<Vec<f64>> = sims.iter().flatten().map(|s| s.spike_times_ms.clone()).collect();
-    if trains.is_empty() {
-        return None;
-    }
-    let matched = trains.iter().filter(|t| extract_features(t).is_ok_and(|f| f.label == class)).count();
-    // Every cell counts, silent ones included (their distance is the train's own energy), as
-    // in features.bursts / dic.validate.
-    let d: Vec<f64> = trains.iter().filter_map(|t| van_rossum_distance(train_ms, t, 0.1, 1e-6).ok()).collect();
-    if d.is_empty() {
-        return None;
-    }
-    let mean_d = d.iter().sum::<f64>() / d.len() as f64;
-    let value = match r.criterion {
-        RefineCriterion::Distance => mean_d,
-        RefineCriterion::Ratio => mean_d / mean_pairwise_van_rossum(&trains, 0.1, 1e-6),
-    };
-    value.is_finite().then_some((matched as f64 / trains.len() as f64, value))
-}
-
-/// See [`Refine`]. Candidates are ranked by (class-match share, −criterion); the estimate stays
-/// when no candidate's population matches the class in more than half its cells. Each round's
-/// grid is centred on the previous choice with half the step; a round's candidates get seeds of
-/// their own (round and grid position), so later rounds do not re-score the same cells.
-fn refine_estimate(cfg: &DicEstimate, r: &Refine, e: Estimate, train_ms: &[f64], seed: u64) -> std::result::Result<Estimate, DicStageError> {
-    let sim = SimulationConfig { dt_ms: cfg.dt_ms, duration_ms: r.duration_ms, transient_ms: cfg.transient_ms, ..SimulationConfig::default() };
-    let tables = GateTables::new(cfg.dt_ms).map_err(|e| DicStageError::BadTrain(e.to_string()))?;
-    let k = r.radius as i64;
-    let mut centre = (e.g_s, e.g_u);
-    let mut chosen: Option<(f64, f64)> = None;
-    let (mut step_s, mut step_u) = (r.step_g_s, r.step_g_u);
-    for round in 0..r.rounds {
-        let mut best: Option<(f64, f64, (f64, f64))> = None;
-        let mut c = 0u64;
-        for i in -k..=k {
-            for j in -k..=k {
-                let (gs, gu) = (centre.0 + i as f64 * step_s, centre.1 + j as f64 * step_u);
-                if gu < 0.0 {
-                    continue;
-                }
-                // Round 0 keeps the seeds of the single-round refinement (CODE_VERSION 1).
-                let cand_seed = seed ^ (c + 1000 * round as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                c += 1;
-                let Some((share, value)) = score_candidate(cfg, r, e.class, (gs, gu), train_ms, cand_seed, &sim, &tables) else {
-                    continue;
-                };
-                if share > 0.5 && best.is_none_or(|b| share > b.0 || (share == b.0 && value < b.1)) {
-                    best = Some((share, value, (gs, gu)));
-                }
-            }
-        }
-        match best {
-            Some((_, _, g)) => {
-                centre = g;
-                chosen = Some(g);
-            }
-            None => break,
-        }
-        step_s /= 2.0;
-        step_u /= 2.0;
-    }
-    Ok(match chosen {
-        Some((gs, gu)) => Estimate { g_s: gs, g_u: gu, ..e },
-        None => e,
-    })
-}
-
 /// The estimate of a trained pair of regressors on the train's ISI features (class from the
 /// Spike2Pop rule, as the reference-set estimate does).
 fn estimate_with_models(all: &EstimatorModels, times_ms: &[f64]) -> std::result::Result<Estimate, DicStageError> {
-    let f = extract_features(times_ms).map_err(|e| DicStageError::BadTrain(e.to_string()))?;
-    let models = match f.label {
-        ActivityClass::Silent => return Err(DicStageError::Silent),
+    let class = estimable_class(times_ms)?;
+    let models = match class {
+        ActivityClass::Silent => unreachable!("estimable_class refuses silent trains"),
         ActivityClass::Spiking => all.spiking.as_ref().or(all.any.as_ref()),
         ActivityClass::Bursting => all.bursting.as_ref().or(all.any.as_ref()),
     }
     .expect("a pair for every class");
-    let v = super::dic_data::isi_feature_vector(times_ms).ok_or_else(|| DicStageError::BadTrain("zero or non-finite ISI".into()))?;
+    let v = isi_feature_vector(times_ms).ok_or_else(|| DicStageError::BadTrain("zero or non-finite ISI".into()))?;
     let names: Vec<String> = (0..v.len()).map(|i| format!("isi_features[{i}]")).collect();
     let x = ndarray::Array2::from_shape_vec((1, v.len()), v.to_vec()).expect("1 x 23");
     let one = |m: &FittedModel| -> std::result::Result<f64, DicStageError> {
@@ -1080,7 +719,7 @@ fn estimate_with_models(all: &EstimatorModels, times_ms: &[f64]) -> std::result:
             Err(e) => Err(DicStageError::BadTrain(e.to_string())),
         }
     };
-    Ok(Estimate { class: f.label, g_s: one(&models.0)?, g_u: one(&models.1)?, distance: f64::NAN, neighbours: 0 })
+    Ok(Estimate { class, g_s: one(&models.0)?, g_u: one(&models.1)?, distance: f64::NAN, neighbours: 0 })
 }
 
 impl TransformOperator for EstimateOperator {
@@ -1110,7 +749,7 @@ impl TransformOperator for EstimateOperator {
                 (None, None) => unreachable!("reference built above"),
             };
             let e = match (e, &self.cfg.refine) {
-                (Ok(e), Some(r)) => refine_estimate(&self.cfg, r, e, train, unit_seed(self.seed, &unit)),
+                (Ok(e), Some(r)) => refine_estimate(&self.cfg.refine_protocol(r), e, train, unit_seed(self.seed, &unit)),
                 (e, _) => e,
             };
             match e {
@@ -1126,7 +765,7 @@ impl TransformOperator for EstimateOperator {
         }
         let idx = UInt32Array::from(keep);
         let mut columns: Vec<ArrayRef> = batch.columns().iter().map(|c| arrow::compute::take(c, &idx, None)).collect::<std::result::Result<_, _>>()?;
-        columns.push(Arc::new(StringArray::from_iter_values(est.iter().map(|e| class_name(e.class)))));
+        columns.push(Arc::new(StringArray::from_iter_values(est.iter().map(|e| e.class.name()))));
         columns.push(Arc::new(Float64Array::from_iter_values(est.iter().map(|e| e.g_s))));
         columns.push(Arc::new(Float64Array::from_iter_values(est.iter().map(|e| e.g_u))));
         columns.push(Arc::new(Float64Array::from_iter_values(est.iter().map(|e| e.distance))));
@@ -1148,65 +787,6 @@ fn default_min_kept() -> f64 {
 }
 fn default_target_column() -> String {
     "target_spike_times".into()
-}
-
-/// The cells generated for one target: kept conductances with their achieved DICs, and why
-/// the others were dropped.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TargetPopulation {
-    pub conductances: Vec<[f64; N_CONDUCTANCES]>,
-    pub achieved_gs_gu: Vec<(f64, f64)>,
-    pub residuals: Vec<f64>,
-    pub dropped_negative: usize,
-    pub dropped_residual: usize,
-    /// Mean residual over every cell that had a non-negative solution (kept or not).
-    pub mean_residual_all: f64,
-}
-
-/// Generates M cells for (g_s*, g_u*) with the kernels (spiking seed population, iterative
-/// neuromodulation with the reachability set and fitted priors, cleaning of negative cells),
-/// then drops cells whose achieved (g_s, g_u) at V_th is farther than `max_residual` from the
-/// target.
-pub fn population_for_target(
-    n_cells: usize,
-    seed: u64,
-    g_s: f64,
-    g_u: f64,
-    v_th_mv: f64,
-    iterations: usize,
-    max_residual: f64,
-) -> std::result::Result<TargetPopulation, String> {
-    let params = StgParams::default();
-    let route = CalciumRoute::default();
-    let ncfg = NeuromodulationConfig { v_th_mv, iterations, ..NeuromodulationConfig::default() };
-    let pop = generate_neuromodulated_population(n_cells, seed, g_s, g_u, &SeedConfig::default(), &ncfg, &params, route)
-        .map_err(|e| e.to_string())?;
-    let mut out = TargetPopulation {
-        conductances: Vec::new(),
-        achieved_gs_gu: Vec::new(),
-        residuals: Vec::new(),
-        dropped_negative: pop.dropped.len(),
-        dropped_residual: 0,
-        mean_residual_all: f64::NAN,
-    };
-    let mut sum = 0.0;
-    for g in pop.conductances {
-        let d = dics(v_th_mv, &g, &params, route).map_err(|e| e.to_string())?;
-        let r = residual_gs_gu(&d, g_s, g_u);
-        sum += r;
-        if r <= max_residual {
-            out.conductances.push(g);
-            out.achieved_gs_gu.push((d.g_s, d.g_u));
-            out.residuals.push(r);
-        } else {
-            out.dropped_residual += 1;
-        }
-    }
-    let n_solved = out.conductances.len() + out.dropped_residual;
-    if n_solved > 0 {
-        out.mean_residual_all = sum / n_solved as f64;
-    }
-    Ok(out)
 }
 
 /// Generates a degenerate population for each target row: `cells_per_target` cells from the
@@ -1241,6 +821,12 @@ pub struct DicPopulation {
     /// a plane that has unreachable corners; the count is in the stage's row counters) [bool].
     #[serde(default)]
     pub drop_unreachable: bool,
+}
+
+impl DicPopulation {
+    fn protocol(&self) -> PopulationProtocol {
+        PopulationProtocol { cells: self.cells_per_target, v_th_mv: self.v_th_mv, iterations: self.iterations, max_residual: self.max_residual }
+    }
 }
 
 const POPULATION_ADDED: [&str; 18] = [
@@ -1352,7 +938,7 @@ impl TransformOperator for PopulationOperator {
             }
             let (g_s, g_u) = (gs.value(row), gu.value(row));
             let seed = unit_seed(self.seed, &unit);
-            let pop = match population_for_target(m, seed, g_s, g_u, self.cfg.v_th_mv, self.cfg.iterations, self.cfg.max_residual) {
+            let pop = match population_for_target(&self.cfg.protocol(), seed, g_s, g_u) {
                 Ok(p) => p,
                 Err(e) => {
                     out.fail(unit, format!("population generation failed: {e}"));
@@ -1526,7 +1112,7 @@ impl TransformOperator for BurstsOperator {
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         let g = |get: fn(&SpikeTrainFeatures) -> f64| Float64Array::from_iter(results.iter().map(|(f, _)| f.as_ref().map(get)));
-        columns.push(Arc::new(StringArray::from_iter(results.iter().map(|(f, _)| f.as_ref().map(|f| class_name(f.label))))));
+        columns.push(Arc::new(StringArray::from_iter(results.iter().map(|(f, _)| f.as_ref().map(|f| f.label.name())))));
         columns.push(Arc::new(g(|f| f.f_spiking_hz)));
         columns.push(Arc::new(g(|f| f.nbr_spikes_bursting)));
         columns.push(Arc::new(g(|f| f.duration_bursting_ms)));
@@ -1546,62 +1132,13 @@ fn default_pairwise_cells() -> usize {
     32
 }
 
-/// Per-target validation summary (see [`summarise_target`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TargetSummary {
-    pub n_cells: usize,
-    pub n_class_match: usize,
-    pub population_class: ActivityClass,
-    pub mean_vr_to_target: f64,
-    pub mean_vr_within: f64,
-    pub r_ratio: f64,
-}
-
-/// Majority class of a population (ties: bursting, then spiking, then silent).
-pub fn majority_class(classes: &[ActivityClass]) -> ActivityClass {
-    let count = |c| classes.iter().filter(|&&x| x == c).count();
-    let (s, b, q) = (count(ActivityClass::Spiking), count(ActivityClass::Bursting), count(ActivityClass::Silent));
-    if b >= s && b >= q && b > 0 {
-        ActivityClass::Bursting
-    } else if s >= q && s > 0 {
-        ActivityClass::Spiking
-    } else {
-        ActivityClass::Silent
-    }
-}
-
-/// Mean van Rossum distance over ordered pairs (i ≠ j) of `trains` (ms), τ from the first of
-/// each pair; trains with < 2 spikes cannot set τ and are skipped as references. NaN if no pair.
-pub fn mean_pairwise_van_rossum(trains: &[Vec<f64>], dt_ms: f64, epsilon: f64) -> f64 {
-    let sums: Vec<(f64, usize)> = (0..trains.len())
-        .into_par_iter()
-        .filter(|&i| trains[i].len() >= 2)
-        .map(|i| {
-            let mut s = (0.0, 0usize);
-            for (j, v) in trains.iter().enumerate() {
-                if j != i {
-                    if let Ok(d) = van_rossum_distance(&trains[i], v, dt_ms, epsilon) {
-                        s.0 += d;
-                        s.1 += 1;
-                    }
-                }
-            }
-            s
-        })
-        .collect();
-    let (sum, n) = sums.iter().fold((0.0, 0usize), |a, b| (a.0 + b.0, a.1 + b.1));
-    if n == 0 { f64::NAN } else { sum / n as f64 }
-}
-
+/// One target's rows so far: its target columns (from its first row) and its cells' tally.
 #[derive(Default)]
 struct TargetAcc {
     target_class: Option<String>,
     g_s: f64,
     g_u: f64,
-    classes: Vec<ActivityClass>,
-    vr_sum: f64,
-    vr_n: usize,
-    trains: Vec<Vec<f64>>,
+    cells: PopulationTally,
 }
 
 /// Per target (recording_id): the population's majority activity class against the target
@@ -1701,15 +1238,6 @@ struct ValidateOperator {
     schema: SchemaRef,
 }
 
-fn parse_class(s: Option<&str>) -> Option<ActivityClass> {
-    match s? {
-        "silent" => Some(ActivityClass::Silent),
-        "spiking" => Some(ActivityClass::Spiking),
-        "bursting" => Some(ActivityClass::Bursting),
-        _ => None,
-    }
-}
-
 impl TransformOperator for ValidateOperator {
     fn process(&mut self, _input: usize, batch: RecordBatch, _out: &mut Emitter) -> Result<()> {
         let ids = string_column(&batch, "recording_id")?;
@@ -1722,19 +1250,14 @@ impl TransformOperator for ValidateOperator {
         for row in 0..batch.num_rows() {
             let id = ids[row].clone().unwrap_or_else(|| "<null>".into());
             let a = self.acc.entry(id).or_default();
-            if a.classes.is_empty() {
+            if a.cells.classes.is_empty() {
                 a.target_class = tcls[row].clone();
                 a.g_s = gs.value(row);
                 a.g_u = gu.value(row);
             }
-            a.classes.push(parse_class(cls[row].as_deref()).unwrap_or(ActivityClass::Silent));
-            if !vr.is_null(row) && vr.value(row).is_finite() {
-                a.vr_sum += vr.value(row);
-                a.vr_n += 1;
-            }
-            if a.trains.len() < self.cfg.pairwise_cells {
-                a.trains.push(trains[row].clone().unwrap_or_default());
-            }
+            let class = cls[row].as_deref().and_then(ActivityClass::from_name).unwrap_or(ActivityClass::Silent);
+            let vr_to_target = (!vr.is_null(row)).then(|| vr.value(row));
+            a.cells.add(class, vr_to_target, trains[row].clone().unwrap_or_default(), self.cfg.pairwise_cells);
         }
         Ok(())
     }
@@ -1743,18 +1266,8 @@ impl TransformOperator for ValidateOperator {
         let accs = std::mem::take(&mut self.acc);
         let mut rows: Vec<(String, TargetAcc, TargetSummary)> = Vec::new();
         for (id, a) in accs {
-            // Shift each train to start at 0 (van_rossum_distance does it too; harmless).
-            let within = mean_pairwise_van_rossum(&a.trains, self.cfg.vr_dt_ms, self.cfg.vr_epsilon);
-            let to_target = if a.vr_n > 0 { a.vr_sum / a.vr_n as f64 } else { f64::NAN };
-            let target = parse_class(a.target_class.as_deref());
-            let summary = TargetSummary {
-                n_cells: a.classes.len(),
-                n_class_match: a.classes.iter().filter(|&&c| Some(c) == target).count(),
-                population_class: majority_class(&a.classes),
-                mean_vr_to_target: to_target,
-                mean_vr_within: within,
-                r_ratio: to_target / within,
-            };
+            let target = a.target_class.as_deref().and_then(ActivityClass::from_name);
+            let summary = a.cells.summarise(target, self.cfg.vr_dt_ms, self.cfg.vr_epsilon);
             rows.push((id, a, summary));
         }
         if rows.is_empty() {
@@ -1766,112 +1279,16 @@ impl TransformOperator for ValidateOperator {
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1.g_s))),
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1.g_u))),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1.target_class.clone()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| class_name(r.2.population_class)))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.population_class.name()))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2.n_cells as i64))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2.n_class_match as i64))),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| opt(r.2.mean_vr_to_target)))),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| opt(r.2.mean_vr_within)))),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| opt(r.2.r_ratio)))),
-            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| {
-                Some(Some(class_name(r.2.population_class)) == r.1.target_class.as_deref() && r.2.r_ratio <= 1.0)
-            }))),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.2.accepted)))),
         ];
         out.emit(RecordBatch::try_new(self.schema.clone(), columns)?);
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dicstage/");
-
-    /// The 5 Spike2Pop example trains (tests/fixtures/dicstage/stg_set.csv).
-    fn example_trains() -> Vec<SpikeRow> {
-        let text = std::fs::read_to_string(format!("{FIX}stg_set.csv")).unwrap();
-        text.lines()
-            .skip(1)
-            .enumerate()
-            .map(|(i, l)| {
-                let (id, t) = parse_spike_line(l, i + 2, 3);
-                SpikeRow { id: id.unwrap(), times: t.unwrap() }
-            })
-            .collect()
-    }
-
-    #[test]
-    fn parses_the_real_spike2pop_file() {
-        let rows = example_trains();
-        let counts: Vec<usize> = rows.iter().map(|r| r.times.len()).collect();
-        // Counts stated by the data's README (upstream file): 10, 16, 23, 35, 16.
-        assert_eq!(counts, [10, 16, 23, 35, 16]);
-        assert_eq!(rows[0].id, "1");
-        assert_eq!(rows[0].times[0], 3057.0500000002075);
-    }
-
-    /// Labels and burst metrics of the parsed trains against upstream SpikeFeatureExtractor
-    /// (computed_stg_reference_values.json, copied to the fixture folder), float32 upstream.
-    #[test]
-    fn parsed_trains_match_upstream_features() {
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(format!("{FIX}stg_set_features.json")).unwrap()).unwrap();
-        for (train, want) in example_trains().iter().zip(r["rows"].as_array().unwrap()) {
-            let f = extract_features(&train.times).unwrap();
-            assert_eq!(f.label as u8 as u64, want["label"].as_u64().unwrap());
-            for (got, key) in [
-                (f.f_spiking_hz, "f_spiking"),
-                (f.f_intra_bursting_hz, "f_intra_bursting"),
-                (f.f_inter_bursting_hz, "f_inter_bursting"),
-                (f.duration_bursting_ms, "duration_bursting"),
-                (f.nbr_spikes_bursting, "nbr_spikes_bursting"),
-            ] {
-                let w = want[key].as_f64().unwrap();
-                assert!((got - w).abs() <= 1e-5 * w.abs().max(1.0), "{key}: {got} vs {w}");
-            }
-        }
-    }
-
-    #[test]
-    fn bad_rows_are_rejected_with_reasons() {
-        let bad = |s: &str| parse_spike_list(s, 3).unwrap_err().to_string();
-        assert!(bad("\"[1.0, 3.0, 2.0]\"").contains("not sorted"));
-        assert!(bad("\"[1.0, -3.0, 4.0]\"").contains("negative"));
-        assert!(bad("\"[1.0, 2.0, 2.0]\"").contains("duplicates"));
-        assert!(bad("\"[1.0, 2.0]\"").contains("at least 3"));
-        assert!(bad("\"[1.0, x, 2.0]\"").contains("not a number"));
-        assert!(bad("\"[1.0, 2.0, 3.0\"").contains("not a"));
-        assert!(bad("\"[1.0, nan, 3.0]\"").contains("not finite"));
-        assert!(bad("\"[1.0, 2.0, 3.0]").contains("unbalanced"));
-        assert_eq!(parse_spike_list("[1, 2.5, 4e1]", 3).unwrap(), vec![1.0, 2.5, 40.0]);
-        assert!(matches!(parse_spike_line("no comma here", 7, 3).1, Err(DicStageError::NoComma { line: 7 })));
-    }
-
-    #[test]
-    fn isi_statistics_of_a_periodic_train() {
-        // ISIs 10, 10, 30 → min 10, median 10, max 30, mean 50/3.
-        let s = isi_statistics(&[0.0, 10.0, 20.0, 50.0]).unwrap();
-        assert!((s[0] - 10f64.ln()).abs() < 1e-12 && (s[1] - 10f64.ln()).abs() < 1e-12 && (s[2] - 30f64.ln()).abs() < 1e-12);
-        assert!((s[3] - (50.0f64 / 3.0).ln()).abs() < 1e-12);
-        assert!(isi_statistics(&[0.0, 1.0]).is_none());
-        assert!(isi_statistics(&[0.0, 1.0, 1.0]).is_none());
-    }
-
-    #[test]
-    fn majority_and_pairwise() {
-        use ActivityClass::*;
-        assert_eq!(majority_class(&[Spiking, Bursting, Bursting]), Bursting);
-        assert_eq!(majority_class(&[Spiking, Spiking, Silent]), Spiking);
-        assert_eq!(majority_class(&[]), Silent);
-        // identical trains: zero spread
-        let t = vec![vec![0.0, 10.0, 20.0, 30.0]; 3];
-        // zero up to round-off of the kernel's exponential sums (~1e-32)
-        assert!(mean_pairwise_van_rossum(&t, 0.1, 1e-6).abs() < 1e-20);
-    }
-
-    #[test]
-    fn seeds_differ_per_unit_and_are_stable() {
-        assert_ne!(unit_seed(1, "a"), unit_seed(1, "b"));
-        assert_eq!(unit_seed(7, "x"), unit_seed(7, "x"));
-    }
-}
