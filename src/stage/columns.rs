@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, LargeListArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, LargeListArray, RecordBatch};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 
@@ -120,10 +120,26 @@ pub fn same_columns(a: &Schema, b: &Schema) -> bool {
         && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type().equals_datatype(y.data_type()))
 }
 
+fn column<'a>(batch: &'a RecordBatch, col: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(col).ok_or_else(|| Error::msg(format!("the batch has no column `{col}`")))
+}
+
+/// A column cast to strings, row by row (`None` for a null).
+pub fn string_rows(batch: &RecordBatch, col: &str) -> Result<Vec<Option<String>>> {
+    let c = arrow::compute::cast(column(batch, col)?, &DataType::Utf8)?;
+    Ok(c.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect())
+}
+
+/// A numeric column cast to f64, row by row (`None` for a null).
+pub fn f64_rows(batch: &RecordBatch, col: &str) -> Result<Vec<Option<f64>>> {
+    let c = arrow::compute::cast(column(batch, col)?, &DataType::Float64)?;
+    Ok(c.as_primitive::<Float64Type>().iter().collect())
+}
+
 /// A numeric list column of `batch` cast to `large_list<float64>`, for reading row by row with
 /// [`row_values`] (a trace stays in the batch until its row is read).
 pub fn as_f64_list(batch: &RecordBatch, col: &str) -> Result<LargeListArray> {
-    let c = batch.column_by_name(col).ok_or_else(|| Error::msg(format!("the batch has no column `{col}`")))?;
+    let c = column(batch, col)?;
     let c = arrow::compute::cast(c, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
     Ok(c.as_list::<i64>().clone())
 }
