@@ -196,7 +196,7 @@ pub struct Refine {
     /// numerator of R; with the thesis' fixed ground-truth denominator, minimising it is
     /// minimising R), `ratio` = the R proxy of `dic.validate` on the candidate's cells (mean
     /// distance to the train over the mean pairwise distance inside the candidate population)
-    /// [criterion].
+    /// [name].
     #[serde(default)]
     pub criterion: RefineCriterion,
 }
@@ -335,6 +335,7 @@ impl StageConfig for DicEstimate {
     const KIND: &'static str = "dic.estimate";
     const SUMMARY: &'static str = "Spike train -> target (g_s, g_u): trained regressors on features.isi, or kNN in ISI-statistics space over a simulated reference set";
     const CODE_VERSION: u32 = 2;
+    const EXAMPLE: &'static str = "g_s_points = 21\ng_u_points = 10\nneighbours = 5\nrefine = { step_g_s = 2.0, step_g_u = 2.0, radius = 1, rounds = 2 }";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

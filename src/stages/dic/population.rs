@@ -45,7 +45,7 @@ pub struct DicPopulation {
     /// Largest ‖(g_s, g_u) − target‖₂ a kept cell may have (the thesis reachability threshold) [g_leak].
     #[serde(default = "default_max_residual")]
     pub max_residual: f64,
-    /// Fewest kept cells, as a fraction of cells_per_target, for the target to count as reachable [fraction].
+    /// Fewest kept cells, as a fraction of cells_per_target, for the target to count as reachable [1].
     #[serde(default = "default_min_kept")]
     pub min_kept_fraction: f64,
     /// Input column with the target's spike train, carried along as `target_spike_times` for
@@ -73,6 +73,7 @@ impl StageConfig for DicPopulation {
     const KIND: &'static str = "dic.population";
     const SUMMARY: &'static str = "Targets (g_s, g_u) -> M neuromodulated STG cells per target (iterative compensation)";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "cells_per_target = 16\nmax_residual = 0.1";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

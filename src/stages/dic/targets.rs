@@ -39,7 +39,7 @@ pub struct DicTargets {
     /// Number of targets [targets].
     #[serde(default = "d_n")]
     pub n: usize,
-    /// `latin_hypercube` or `uniform` [enum].
+    /// `latin_hypercube` or `uniform` [name].
     #[serde(default)]
     pub sampling: TargetSampling,
     /// Range of g_s [g_leak].
@@ -48,7 +48,7 @@ pub struct DicTargets {
     /// Range of g_u [g_leak].
     #[serde(default = "d_gu")]
     pub g_u_range: [f64; 2],
-    /// Fraction of the targets held out as `test` (chosen at random, seeded) [fraction].
+    /// Fraction of the targets held out as `test` (chosen at random, seeded) [1].
     #[serde(default = "d_test")]
     pub test_fraction: f64,
 }
@@ -57,6 +57,7 @@ impl StageConfig for DicTargets {
     const KIND: &'static str = "dic.targets";
     const SUMMARY: &'static str = "Draw (g_s, g_u) DIC targets over a rectangle (Latin hypercube or uniform), tagged train/test";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "n = 1000\nsampling = \"latin_hypercube\"\ntest_fraction = 0.2";
 
     fn arity() -> Arity {
         Arity::Source

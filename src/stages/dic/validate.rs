@@ -72,6 +72,7 @@ impl StageConfig for DicValidate {
     const KIND: &'static str = "dic.validate";
     const SUMMARY: &'static str = "Per target: population activity class vs the train's, van Rossum ratio R (spec 7)";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "spike_column = \"spike_times\"\npairwise_cells = 32";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

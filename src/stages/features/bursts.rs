@@ -50,6 +50,7 @@ impl StageConfig for FeaturesBursts {
     const KIND: &'static str = "features.bursts";
     const SUMMARY: &'static str = "Spike train -> activity class, burst metrics, van Rossum distance to the target train";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "spike_column = \"spike_times\"\ntarget_column = \"target_spike_times\"";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

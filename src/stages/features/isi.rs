@@ -29,6 +29,7 @@ impl StageConfig for FeaturesIsi {
     const KIND: &'static str = "features.isi";
     const SUMMARY: &'static str = "Spike train -> fixed vector of ISI statistics (rate, ln-ISI distribution, CV, burst metrics)";
     const CODE_VERSION: u32 = 2;
+    const EXAMPLE: &'static str = "spike_column = \"spike_times\"";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

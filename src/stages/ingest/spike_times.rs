@@ -37,7 +37,7 @@ fn default_time_unit() -> String {
 pub struct IngestSpikeTimes {
     /// The CSV file, relative to the pipeline file [path].
     pub path: String,
-    /// Unit of the times in the file: `ms` (Spike2Pop) or `s` [unit].
+    /// Unit of the times in the file: `ms` (Spike2Pop) or `s` [name].
     #[serde(default = "default_time_unit")]
     pub time_unit: String,
     /// Fewest spikes a train may have; Spike2Pop drops trains with fewer than 3 as silent [spikes].
@@ -62,6 +62,7 @@ impl StageConfig for IngestSpikeTimes {
     const KIND: &'static str = "ingest.spike_times";
     const SUMMARY: &'static str = "Read a Spike2Pop spike-time CSV (ID,spiking_times) into one row per train";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "path = \"data/stg_set.csv\"";
 
     fn arity() -> Arity {
         Arity::Source
