@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, LargeListArray, RecordBatch};
-use arrow::buffer::OffsetBuffer;
+use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 
 use super::Issue;
@@ -178,3 +178,26 @@ pub fn f32_list_array(item_field: &Field, rows: &[&[f32]]) -> std::result::Resul
     )
 }
 
+/// `large_list<float64>` with non-null items (spike times, feature vectors): the type
+/// [`f64_list_array`] builds.
+pub fn f64_list_type() -> DataType {
+    DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, false)))
+}
+
+/// A [`f64_list_type`] column from per-row values (`None` = a null row).
+pub fn f64_list_array(rows: &[Option<&[f64]>]) -> Result<LargeListArray> {
+    let mut values = Vec::with_capacity(rows.iter().map(|r| r.map_or(0, <[f64]>::len)).sum());
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0i64);
+    for r in rows {
+        values.extend_from_slice(r.unwrap_or_default());
+        offsets.push(values.len() as i64);
+    }
+    let nulls = rows.iter().any(Option::is_none).then(|| NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<bool>>()));
+    Ok(LargeListArray::try_new(
+        Arc::new(Field::new("item", DataType::Float64, false)),
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(arrow::array::Float64Array::from(values)),
+        nulls,
+    )?)
+}

@@ -247,7 +247,7 @@ pub struct ClassModels {
 }
 
 /// Loaded estimator models: one pair for every class, or one pair per class.
-pub struct EstimatorModels {
+struct EstimatorModels {
     any: Option<(FittedModel, FittedModel)>,
     spiking: Option<(FittedModel, FittedModel)>,
     bursting: Option<(FittedModel, FittedModel)>,
@@ -258,7 +258,7 @@ impl DicEstimate {
         let load = |key: &str, p: &str| -> std::result::Result<FittedModel, Issue> {
             let path = ctx.resolve(p);
             let m = FittedModel::from_file(&path).map_err(|e| Issue::at(&[key], e))?;
-            let want: Vec<String> = (0..ISI_FEATURE_NAMES.len()).map(|i| format!("isi_features[{i}]")).collect();
+            let want = isi_feature_columns();
             if m.feature_names != want {
                 return Err(Issue::at(&[key], format!("{}: the model was not trained on the {} `isi_features` of features.isi", path.display(), want.len())));
             }
@@ -315,6 +315,11 @@ impl DicEstimate {
             sim: self.simulation(r.duration_ms),
         }
     }
+}
+
+/// The feature names a model trained on `features.isi`'s list column has (`isi_features[i]`).
+fn isi_feature_columns() -> Vec<String> {
+    (0..ISI_FEATURE_NAMES.len()).map(|i| format!("isi_features[{i}]")).collect()
 }
 
 const ESTIMATE_ADDED: [&str; 5] = ["target_class", "g_s_target", "g_u_target", "estimate_distance", "estimate_neighbours"];
@@ -427,6 +432,7 @@ struct EstimateOperator {
     models: Option<Arc<EstimatorModels>>,
     schema: SchemaRef,
 }
+
 /// The estimate of a trained pair of regressors on the train's ISI features (class from the
 /// Spike2Pop rule, as the reference-set estimate does).
 fn estimate_with_models(all: &EstimatorModels, times_ms: &[f64]) -> std::result::Result<Estimate, DicStageError> {
@@ -438,7 +444,7 @@ fn estimate_with_models(all: &EstimatorModels, times_ms: &[f64]) -> std::result:
     }
     .expect("a pair for every class");
     let v = isi_feature_vector(times_ms).ok_or_else(|| DicStageError::BadTrain("zero or non-finite ISI".into()))?;
-    let names: Vec<String> = (0..v.len()).map(|i| format!("isi_features[{i}]")).collect();
+    let names = isi_feature_columns();
     let x = ndarray::Array2::from_shape_vec((1, v.len()), v.to_vec()).expect("1 x 23");
     let one = |m: &FittedModel| -> std::result::Result<f64, DicStageError> {
         match m.predict(&names, x.view()) {
@@ -450,8 +456,10 @@ fn estimate_with_models(all: &EstimatorModels, times_ms: &[f64]) -> std::result:
     Ok(Estimate { class, g_s: one(&models.0)?, g_u: one(&models.1)?, distance: f64::NAN, neighbours: 0 })
 }
 
-impl TransformOperator for EstimateOperator {
-    fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+impl EstimateOperator {
+    /// Simulates the reference set on first use (so validating a pipeline costs nothing), unless
+    /// trained models replace it.
+    fn ensure_reference(&mut self) -> Result<()> {
         if self.reference.is_none() && self.models.is_none() {
             let r = build_reference(&self.cfg.protocol(), self.seed).context("building the reference set")?;
             if r.cells.is_empty() {
@@ -459,8 +467,27 @@ impl TransformOperator for EstimateOperator {
             }
             self.reference = Some(Arc::new(r));
         }
-        let reference = self.reference.clone();
-        let models = self.models.clone();
+        Ok(())
+    }
+
+    /// One train's estimate (ms), refined by simulation when configured; `unit` seeds the
+    /// refinement.
+    fn estimate(&self, train: &[f64], unit: &str) -> std::result::Result<Estimate, DicStageError> {
+        let e = match (&self.models, &self.reference) {
+            (Some(m), _) => estimate_with_models(m, train)?,
+            (None, Some(r)) => estimate_targets(r, train, self.cfg.neighbours)?,
+            (None, None) => unreachable!("ensure_reference ran first"),
+        };
+        match &self.cfg.refine {
+            Some(r) => refine_estimate(&self.cfg.refine_protocol(r), e, train, unit_seed(self.seed, unit)),
+            None => Ok(e),
+        }
+    }
+}
+
+impl TransformOperator for EstimateOperator {
+    fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        self.ensure_reference()?;
         let ids = string_rows(&batch, "recording_id")?;
         let trains = lists_ms(&batch, &self.cfg.spike_column, self.ms_per_unit)?;
         let mut keep = Vec::new();
@@ -471,16 +498,7 @@ impl TransformOperator for EstimateOperator {
                 out.fail(unit, "null spike train");
                 continue;
             };
-            let e = match (&models, &reference) {
-                (Some(m), _) => estimate_with_models(m, train),
-                (None, Some(r)) => estimate_targets(r, train, self.cfg.neighbours),
-                (None, None) => unreachable!("reference built above"),
-            };
-            let e = match (e, &self.cfg.refine) {
-                (Ok(e), Some(r)) => refine_estimate(&self.cfg.refine_protocol(r), e, train, unit_seed(self.seed, &unit)),
-                (e, _) => e,
-            };
-            match e {
+            match self.estimate(train, &unit) {
                 Ok(e) => {
                     keep.push(row as u32);
                     est.push(e);
@@ -502,4 +520,3 @@ impl TransformOperator for EstimateOperator {
         Ok(())
     }
 }
-

@@ -2,11 +2,8 @@
 //! `features.isi`) read and write them: `list<float64>` in `ms` or `s`, read back in ms; and the
 //! input checks these stages share.
 
-use std::sync::Arc;
-
-use arrow::array::{Float64Array, LargeListArray, RecordBatch};
-use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Schema};
 
 use crate::error::Result;
 use crate::stage::Issue;
@@ -15,28 +12,6 @@ use crate::stage::columns::{column_list, f64_list_rows, require, type_name, unit
 /// The default input column of spike times.
 pub(crate) fn default_spike_column() -> String {
     "spike_times".into()
-}
-
-/// `large_list<float64>` with non-null items: spike times, ISI feature vectors.
-pub(crate) fn f64_list_type() -> DataType {
-    DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, false)))
-}
-
-/// A [`f64_list_type`] column from per-row values (`None` = a null row).
-pub(crate) fn f64_list_array(rows: &[Option<&[f64]>]) -> Result<LargeListArray> {
-    let mut values = Vec::new();
-    let mut offsets = vec![0i64];
-    for r in rows {
-        values.extend_from_slice(r.unwrap_or_default());
-        offsets.push(values.len() as i64);
-    }
-    let nulls = rows.iter().any(Option::is_none).then(|| NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<bool>>()));
-    Ok(LargeListArray::try_new(
-        Arc::new(Field::new("item", DataType::Float64, false)),
-        OffsetBuffer::new(offsets.into()),
-        Arc::new(Float64Array::from(values)),
-        nulls,
-    )?)
 }
 
 fn is_f64_list(t: &DataType) -> bool {

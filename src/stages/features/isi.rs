@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::dic::isi::{ISI_FEATURE_NAMES, isi_feature_vector};
 use crate::error::{Error, Result};
+use crate::stage::columns::{f64_list_array, f64_list_type};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
-use crate::stages::dic::spike_columns::{default_spike_column, f64_list_array, f64_list_type, lists_ms, ms_per_unit, no_clash};
+use crate::stages::dic::spike_columns::{default_spike_column, lists_ms, ms_per_unit, no_clash};
 
 /// Appends `isi_features` (list of the 23 numbers of [`ISI_FEATURE_NAMES`]; null for a silent or
 /// invalid train) computed from a spike-time column.

@@ -13,9 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::dic::DicStageError;
 use crate::dic::spike_times::{HEADER, parse_spike_line, short};
 use crate::error::{Error, Result};
-use crate::stage::columns::field;
+use crate::stage::columns::{f64_list_array, f64_list_type, field};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext};
-use crate::stages::dic::spike_columns::{f64_list_array, f64_list_type};
 
 fn default_min_spikes() -> usize {
     3
