@@ -41,6 +41,27 @@ pub enum ActivityClass {
     Bursting = 2,
 }
 
+impl ActivityClass {
+    /// The class as the stages write it (`silent`, `spiking`, `bursting`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivityClass::Silent => "silent",
+            ActivityClass::Spiking => "spiking",
+            ActivityClass::Bursting => "bursting",
+        }
+    }
+
+    /// Inverse of [`ActivityClass::name`]; `None` for any other text.
+    pub fn from_name(name: &str) -> Option<ActivityClass> {
+        match name {
+            "silent" => Some(ActivityClass::Silent),
+            "spiking" => Some(ActivityClass::Spiking),
+            "bursting" => Some(ActivityClass::Bursting),
+            _ => None,
+        }
+    }
+}
+
 /// Output of [`extract_features`]. Fields that do not apply to the class are 0 (as
 /// upstream); NaN where upstream writes NaN (no burst left after dropping the first and
 /// last, or a single burst for f_inter).
@@ -66,12 +87,18 @@ fn check_train(times_ms: &[f64]) -> Result<(), FeatureError> {
     Ok(())
 }
 
-/// Population mean and standard deviation (ddof = 0).
-fn mean_std(x: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
-    let n = x.clone().count() as f64;
-    let mean = x.clone().sum::<f64>() / n;
-    let var = x.map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+/// Population mean and standard deviation (ddof = 0), summed in order: the one mean/std of the
+/// DIC kernels (class, ISI statistics, reference scale), so their values agree to the bit.
+pub fn mean_std(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
     (mean, var.sqrt())
+}
+
+/// The inter-spike intervals of a train, in its order (`t[i+1] − t[i]`).
+pub fn intervals(times: &[f64]) -> Vec<f64> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
 /// Mean over the non-NaN values (NaN if none), like `np.nanmean`.
@@ -106,18 +133,18 @@ pub fn extract_features(times_ms: &[f64]) -> Result<SpikeTrainFeatures, FeatureE
     if times_ms.len() < 3 {
         return Ok(out);
     }
-    let isi = || times_ms.windows(2).map(|w| w[1] - w[0]);
-    let (mean, std) = mean_std(isi());
+    let isi = intervals(times_ms);
+    let (mean, std) = mean_std(&isi);
     // A NaN CV (all spikes at one instant) fails the test, as in numpy: bursting.
     let cv = std / mean;
     if cv <= CV_SPIKING_THRESHOLD {
         out.label = ActivityClass::Spiking;
-        out.f_spiking_hz = isi().map(|d| 1000.0 / d).sum::<f64>() / (times_ms.len() - 1) as f64;
+        out.f_spiking_hz = isi.iter().map(|d| 1000.0 / d).sum::<f64>() / (times_ms.len() - 1) as f64;
         return Ok(out);
     }
     out.label = ActivityClass::Bursting;
-    let max_isi = isi().fold(f64::NEG_INFINITY, f64::max);
-    let min_isi = isi().fold(f64::INFINITY, f64::min);
+    let max_isi = isi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min_isi = isi.iter().copied().fold(f64::INFINITY, f64::min);
     let threshold = (max_isi + min_isi) / 2.0;
     // Bursts as index ranges [start, end) of the train.
     let mut bursts: Vec<(usize, usize)> = Vec::new();

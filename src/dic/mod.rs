@@ -10,16 +10,28 @@
 //! [`compensation`] iterates when a calcium conductance is unknown.
 //!
 //! Submodules: [`compensation`] (solve for unknown conductances, iterative compensation,
-//! seed and neuromodulated populations) and [`features`] (spike-train activity class,
-//! burst metrics and the thesis van Rossum distance, spec §7).
+//! seed and neuromodulated populations), [`features`] (spike-train activity class,
+//! burst metrics and the thesis van Rossum distance, spec §7), and the study-4 chain from spike
+//! times to validated populations: [`spike_times`] (Spike2Pop's spike-time rows), [`isi`] (ISI
+//! statistics and feature vectors), [`population`] (cells per target), [`reference`] (the
+//! simulated reference set), [`estimate`] (k-nearest-neighbour estimate and its refinement by
+//! simulation), [`validation`] (population class and the van Rossum ratio R) and [`targets`]
+//! (the targets of a training data set).
 //!
 //! The gating functions come from `crate::simulate::stg`, so the simulated model and the
 //! model the DICs describe cannot drift apart.
 
 pub mod compensation;
+pub mod estimate;
 pub mod features;
+pub mod isi;
+pub mod population;
+pub mod reference;
+pub mod spike_times;
+pub mod targets;
+pub mod validation;
 
-use crate::simulate::stg::{self, N_CONDUCTANCES, StgParams, gidx};
+use crate::simulate::stg::{self, N_CONDUCTANCES, StgError, StgParams, gidx};
 
 /// Errors of the DIC kernels.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -32,6 +44,47 @@ pub enum DicError {
     NonPositiveLeak(f64),
     #[error("invalid model parameters: {0}")]
     BadParams(String),
+}
+
+/// Errors of the study-4 kernels (spike-time rows, populations, the reference set, estimates):
+/// the one error type the DIC stages report, per recording or as the stage's error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DicStageError {
+    #[error("line {line}: expected `ID,spiking_times`, found no comma")]
+    NoComma { line: usize },
+    #[error("empty ID")]
+    EmptyId,
+    #[error("spiking_times is not a \"[t1, t2, ...]\" list: {0}")]
+    NotAList(String),
+    #[error("spike #{index} `{text}` is not a number")]
+    NotANumber { index: usize, text: String },
+    #[error("spike #{index} = {value} is not finite")]
+    NonFinite { index: usize, value: f64 },
+    #[error("spike #{index} = {value} is negative")]
+    Negative { index: usize, value: f64 },
+    #[error("spike #{index} = {value} duplicates the previous spike")]
+    Duplicate { index: usize, value: f64 },
+    #[error("spike times are not sorted: #{index} = {value} comes after {previous}")]
+    Unsorted { index: usize, value: f64, previous: f64 },
+    #[error("{count} spikes, at least {min} needed (Spike2Pop labels trains with < 3 spikes silent)")]
+    TooFewSpikes { count: usize, min: usize },
+    #[error("the ID `{0}` appears more than once")]
+    DuplicateId(String),
+    #[error("no reference cell of class {0:?}: widen the reference grid")]
+    NoReference(features::ActivityClass),
+    #[error("silent train (< 3 spikes): Spike2Pop makes no prediction for it")]
+    Silent,
+    #[error("invalid spike train: {0}")]
+    BadTrain(String),
+    /// Population generation (seed population, compensation) failed as a whole.
+    #[error(transparent)]
+    Compensation(#[from] compensation::CompensationError),
+    /// The DICs of a generated cell could not be computed.
+    #[error(transparent)]
+    Dics(#[from] DicError),
+    /// The simulation settings were refused (e.g. the gate tables' step).
+    #[error(transparent)]
+    Simulation(#[from] StgError),
 }
 
 /// How the calcium route of the KCa current is assigned to the timescales (spec §3.1, §10.1).

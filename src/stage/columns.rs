@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, LargeListArray, RecordBatch};
-use arrow::buffer::OffsetBuffer;
+use arrow::array::{Array, ArrayRef, AsArray, LargeListArray, RecordBatch};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 
 use super::Issue;
@@ -120,10 +120,26 @@ pub fn same_columns(a: &Schema, b: &Schema) -> bool {
         && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type().equals_datatype(y.data_type()))
 }
 
+fn column<'a>(batch: &'a RecordBatch, col: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(col).ok_or_else(|| Error::msg(format!("the batch has no column `{col}`")))
+}
+
+/// A column cast to strings, row by row (`None` for a null).
+pub fn string_rows(batch: &RecordBatch, col: &str) -> Result<Vec<Option<String>>> {
+    let c = arrow::compute::cast(column(batch, col)?, &DataType::Utf8)?;
+    Ok(c.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect())
+}
+
+/// A numeric column cast to f64, row by row (`None` for a null).
+pub fn f64_rows(batch: &RecordBatch, col: &str) -> Result<Vec<Option<f64>>> {
+    let c = arrow::compute::cast(column(batch, col)?, &DataType::Float64)?;
+    Ok(c.as_primitive::<Float64Type>().iter().collect())
+}
+
 /// A numeric list column of `batch` cast to `large_list<float64>`, for reading row by row with
 /// [`row_values`] (a trace stays in the batch until its row is read).
 pub fn as_f64_list(batch: &RecordBatch, col: &str) -> Result<LargeListArray> {
-    let c = batch.column_by_name(col).ok_or_else(|| Error::msg(format!("the batch has no column `{col}`")))?;
+    let c = column(batch, col)?;
     let c = arrow::compute::cast(c, &DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, true))))?;
     Ok(c.as_list::<i64>().clone())
 }
@@ -162,3 +178,26 @@ pub fn f32_list_array(item_field: &Field, rows: &[&[f32]]) -> std::result::Resul
     )
 }
 
+/// `large_list<float64>` with non-null items (spike times, feature vectors): the type
+/// [`f64_list_array`] builds.
+pub fn f64_list_type() -> DataType {
+    DataType::LargeList(Arc::new(Field::new("item", DataType::Float64, false)))
+}
+
+/// A [`f64_list_type`] column from per-row values (`None` = a null row).
+pub fn f64_list_array(rows: &[Option<&[f64]>]) -> Result<LargeListArray> {
+    let mut values = Vec::with_capacity(rows.iter().map(|r| r.map_or(0, <[f64]>::len)).sum());
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0i64);
+    for r in rows {
+        values.extend_from_slice(r.unwrap_or_default());
+        offsets.push(values.len() as i64);
+    }
+    let nulls = rows.iter().any(Option::is_none).then(|| NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<bool>>()));
+    Ok(LargeListArray::try_new(
+        Arc::new(Field::new("item", DataType::Float64, false)),
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(arrow::array::Float64Array::from(values)),
+        nulls,
+    )?)
+}

@@ -18,8 +18,6 @@ pub mod sink;
 
 // Files not yet split into their families (one kind per file).
 pub mod cell;
-pub mod old_dic;
-pub mod dic_data;
 pub mod old_features;
 pub mod features_membrane;
 pub mod features_trace;
@@ -59,13 +57,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<features_trace::FeaturesTrace>(),
         entry::<features_membrane::FeaturesMembrane>(),
         entry::<group_stats::FeaturesGroupStats>(),
-        entry::<old_dic::IngestSpikeTimes>(),
-        entry::<old_dic::DicEstimate>(),
-        entry::<old_dic::DicPopulation>(),
-        entry::<old_dic::FeaturesBursts>(),
-        entry::<old_dic::DicValidate>(),
-        entry::<dic_data::DicTargets>(),
-        entry::<dic_data::FeaturesIsi>(),
         entry::<old_train::TrainRegress>(),
         entry::<old_train::TrainClassify>(),
         entry::<old_train::TrainCluster>(),

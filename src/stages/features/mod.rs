@@ -2,9 +2,12 @@
 //!
 //! One file per kind, named after it; [`kinds`] lists them for the registry.
 
-use crate::stage::KindEntry;
+pub mod bursts;
+pub mod isi;
+
+use crate::stage::{KindEntry, entry};
 
 /// The kinds of this family, in the order `neurostream stages` lists them.
 pub fn kinds() -> Vec<KindEntry> {
-    vec![]
+    vec![entry::<bursts::FeaturesBursts>(), entry::<isi::FeaturesIsi>()]
 }

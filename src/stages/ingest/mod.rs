@@ -7,6 +7,7 @@ pub mod allen_sweeps;
 pub mod files;
 pub mod natimg;
 pub mod nwb;
+pub mod spike_times;
 pub mod sweeps_table;
 
 use crate::stage::{KindEntry, entry};
@@ -21,5 +22,6 @@ pub fn kinds() -> Vec<KindEntry> {
         entry::<nwb::IngestNwb>(),
         entry::<allen_sweeps::IngestAllenSweeps>(),
         entry::<natimg::IngestNatImg>(),
+        entry::<spike_times::IngestSpikeTimes>(),
     ]
 }
