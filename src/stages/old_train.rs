@@ -1164,7 +1164,7 @@ pub struct PredictModel {
 
 impl PredictModel {
     fn load(&self, ctx: &StageContext) -> std::result::Result<FittedModel, String> {
-        FittedModel::from_file(&ctx.resolve(&self.model))
+        FittedModel::from_file(&ctx.resolve(&self.model)).map_err(|e| e.to_string())
     }
 
     /// The input columns the model's features come from (`name[i]` comes from list column `name`).
