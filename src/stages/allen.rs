@@ -524,7 +524,7 @@ impl TransformOperator for EvaluateOp {
                 })
                 .collect();
             let (y, p): (Vec<f64>, Vec<f64>) = ok.iter().copied().unzip();
-            let s = super::old_train::regression_scores(&y, &p);
+            let s = crate::train::metrics::regression_scores(&y, &p);
             names.push(scope);
             n.push(ok.len() as i64);
             skipped.push((sel.len() - ok.len()) as i64);

@@ -45,9 +45,10 @@ use serde::{Deserialize, Serialize};
 use crate::stage::columns::{column_list, field, is_numeric};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
-use crate::train::models::{self, FitOptions, FittedModel, ModelSpec, ParamGrid, Prediction, Target, Task, TrainingData};
+use crate::train::models::{self, FitOptions, FittedModel, ModelError, ModelSpec, ParamGrid, Prediction, Target, Task, TrainingData};
 use crate::train::validation::{self, Fold};
-use crate::train::{diagnostics, metrics, plots};
+use crate::train::metrics::{self, Scores, classification_scores, regression_scores};
+use crate::train::{diagnostics, plots};
 
 // ================================================================================================
 // Options shared by the training kinds
@@ -577,55 +578,6 @@ struct TrainOperator<K: TaskKind> {
     batches: Vec<RecordBatch>,
 }
 
-/// The metrics of one scope (all rows pooled, one fold, or one value of `report_by`).
-#[derive(Debug, Clone, Serialize, Default)]
-pub(crate) struct Scores {
-    pub(crate) rows: usize,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) values: BTreeMap<String, f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    confusion: Option<Vec<Vec<u64>>>,
-}
-
-pub(crate) fn regression_scores(y: &[f64], p: &[f64]) -> Scores {
-    let mut s = Scores { rows: y.len(), ..Default::default() };
-    if let Ok(v) = metrics::r2_score(y, p) {
-        s.values.insert("r2".into(), v);
-    }
-    if let Ok(v) = metrics::mean_absolute_error(y, p) {
-        s.values.insert("mae".into(), v);
-    }
-    if let Ok(v) = metrics::root_mean_squared_error(y, p) {
-        s.values.insert("rmse".into(), v);
-    }
-    if y.len() > 1 {
-        s.values.insert("pearson_r".into(), pearson(y, p));
-    }
-    s
-}
-
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
-}
-
-fn classification_scores(y: &[usize], p: &[usize], n_classes: usize, train_labels: &[usize]) -> Scores {
-    let mut s = Scores { rows: y.len(), ..Default::default() };
-    if let Ok(r) = metrics::classification_report(y, p, n_classes, train_labels) {
-        s.values.insert("accuracy".into(), r.accuracy);
-        s.values.insert("balanced_accuracy".into(), r.balanced_accuracy);
-        s.values.insert("macro_f1".into(), r.macro_f1);
-        s.values.insert("majority_baseline_accuracy".into(), r.majority_baseline_accuracy);
-        s.values.insert("chance_accuracy".into(), r.chance_accuracy);
-        s.confusion = Some(r.confusion);
-    }
-    s
-}
-
 impl<K: TaskKind> TrainOperator<K> {
     fn fail(&self, msg: impl std::fmt::Display) -> Error {
         Error::msg(format!("stage `{}`: {msg}", self.name))
@@ -731,12 +683,12 @@ impl<K: TaskKind> TrainOperator<K> {
         let mut models_out: Vec<(String, Vec<u8>)> = Vec::new();
         let mut plot_errors: Vec<serde_json::Value> = Vec::new();
         let mut columns = keep_cols;
-        let fit_best = |data: &TrainingData| -> std::result::Result<(FittedModel, Option<ModelSpec>), String> {
+        let fit_best = |data: &TrainingData| -> std::result::Result<(FittedModel, Option<ModelSpec>), ModelError> {
             if candidates.len() == 1 {
-                Ok((models::fit(&candidates[0], &options, data).map_err(|e| e.to_string())?, None))
+                Ok((models::fit(&candidates[0], &options, data)?, None))
             } else {
-                let s = models::grid_search(&candidates, &options, data, self.cfg.grid_folds).map_err(|e| e.to_string())?;
-                Ok((models::fit(&s.best, &options, data).map_err(|e| e.to_string())?, Some(s.best)))
+                let s = models::grid_search(&candidates, &options, data, self.cfg.grid_folds)?;
+                Ok((models::fit(&s.best, &options, data)?, Some(s.best)))
             }
         };
         match K::TASK {
@@ -917,7 +869,7 @@ impl<K: TaskKind> TrainOperator<K> {
                                     // A fit on a small share of the rows can fail where the full fit
                                     // does not (k-NN with more neighbours than rows): say so, keep the rest.
                                     tracing::warn!("stage `{}`: target `{tname}`, learning curve: {e}", self.name);
-                                    t.insert("learning_curve".into(), serde_json::json!({ "error": e }));
+                                    t.insert("learning_curve".into(), serde_json::json!({ "error": e.to_string() }));
                                     None
                                 }
                             }

@@ -336,9 +336,77 @@ pub fn adjusted_rand_index(labels_true: &[usize], labels_pred: &[usize]) -> Resu
     Ok((sum_cells - expected) / (max_index - expected))
 }
 
+/// Pearson's product-moment correlation r = Σ(a−ā)(b−b̄) / √(Σ(a−ā)² · Σ(b−b̄)²) (the statistic of
+/// `scipy.stats.pearsonr`). NaN when either series is constant (or shorter than two values):
+/// callers that report it check the length first.
+pub fn pearson_r(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+/// The metrics of one scope of a table (all rows pooled, one fold, or one group), as training and
+/// evaluation stages report them: a metric that is undefined for the scope is left out.
+#[derive(Debug, Clone, serde::Serialize, Default)]
+pub struct Scores {
+    pub rows: usize,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub values: std::collections::BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Vec<Vec<u64>>>,
+}
+
+/// Classification scores of one scope: accuracy, balanced accuracy, macro F1, the majority-class
+/// baseline (majority of `train_labels`) and chance, and the confusion matrix.
+pub fn classification_scores(y: &[usize], p: &[usize], n_classes: usize, train_labels: &[usize]) -> Scores {
+    let mut s = Scores { rows: y.len(), ..Default::default() };
+    if let Ok(r) = classification_report(y, p, n_classes, train_labels) {
+        s.values.insert("accuracy".into(), r.accuracy);
+        s.values.insert("balanced_accuracy".into(), r.balanced_accuracy);
+        s.values.insert("macro_f1".into(), r.macro_f1);
+        s.values.insert("majority_baseline_accuracy".into(), r.majority_baseline_accuracy);
+        s.values.insert("chance_accuracy".into(), r.chance_accuracy);
+        s.confusion = Some(r.confusion);
+    }
+    s
+}
+
+/// Regression scores of one scope: `r2`, `mae`, `rmse`, and `pearson_r` (from two rows on).
+pub fn regression_scores(y: &[f64], p: &[f64]) -> Scores {
+    let mut s = Scores { rows: y.len(), ..Default::default() };
+    if let Ok(v) = r2_score(y, p) {
+        s.values.insert("r2".into(), v);
+    }
+    if let Ok(v) = mean_absolute_error(y, p) {
+        s.values.insert("mae".into(), v);
+    }
+    if let Ok(v) = root_mean_squared_error(y, p) {
+        s.values.insert("rmse".into(), v);
+    }
+    if y.len() > 1 {
+        s.values.insert("pearson_r".into(), pearson_r(y, p));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// r by hand: a = [1, 2, 3], b = [1, 3, 2]: deviations (−1, 0, 1) and (−1, 1, 0), so
+    /// Σ products = 1, Σ squares = 2 and 2, r = 1/2; a reversed copy gives −1; a constant NaN.
+    #[test]
+    fn pearson_r_by_hand() {
+        assert!((pearson_r(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0]) - 0.5).abs() < 1e-15);
+        assert!((pearson_r(&[1.0, 2.0, 3.0], &[6.0, 4.0, 2.0]) + 1.0).abs() < 1e-15);
+        assert!(pearson_r(&[1.0, 2.0, 3.0], &[5.0, 5.0, 5.0]).is_nan());
+        let s = regression_scores(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0]);
+        assert_eq!((s.rows, s.values["pearson_r"]), (3, pearson_r(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0])));
+        assert!(!regression_scores(&[1.0], &[1.0]).values.contains_key("pearson_r"), "undefined for one row");
+    }
 
     #[test]
     fn matched_confusion_has_the_hungarian_accuracy_on_its_diagonal() {
