@@ -33,7 +33,6 @@ pub mod old_preprocess;
 pub mod preprocess_signal;
 pub mod old_simulate;
 pub mod simulate_hh;
-pub mod old_train;
 pub mod units;
 
 use crate::stage::{KindEntry, entry};
@@ -95,10 +94,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<preprocess_signal::PreprocessFilter>(),
         entry::<preprocess_signal::PreprocessResample>(),
         entry::<preprocess_signal::PreprocessWindow>(),
-        entry::<old_train::TrainRegress>(),
-        entry::<old_train::TrainClassify>(),
-        entry::<old_train::TrainCluster>(),
-        entry::<old_train::PredictModel>(),
         entry::<allen::EvaluateRegression>(),
     ]
 }
