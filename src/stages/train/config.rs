@@ -1,6 +1,9 @@
 //! The configuration the three training kinds share ([`Train`], tagged by the task at the type
 //! level), its validation, and the output schema it declares: the out-of-fold prediction table
 //! with its units.
+//!
+//! A training stage takes one input or several: the table it trains on is the rows of input 0,
+//! then input 1, and so on, so every input must give each column the stage reads, with one type.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
@@ -234,6 +237,20 @@ impl<K: TaskKind> Train<K> {
         if self.targets().len() > 1 { format!("model-{target}.json") } else { "model.json".to_string() }
     }
 
+    /// Every column the stage reads from its input(s), with the option that names it (a column
+    /// named by two options is listed once, under the first).
+    fn used_columns(&self, first: &Schema) -> Vec<(&'static str, String)> {
+        let mut used: Vec<(&'static str, String)> = self.features.iter().map(|f| ("features", f.clone())).collect();
+        used.extend(self.targets().into_iter().map(|t| ("target", t)));
+        used.extend(self.labels.iter().map(|l| ("labels", l.clone())));
+        used.extend(self.validation().column().map(|c| ("validation", c.to_string())));
+        used.extend(self.report_by.iter().map(|c| ("report_by", c.clone())));
+        used.extend(self.keep_columns(first).into_iter().map(|c| ("keep", c)));
+        let mut seen = BTreeSet::new();
+        used.retain(|(_, c)| seen.insert(c.clone()));
+        used
+    }
+
     /// Issues with the first input's columns: each feature, target, label, group, report and
     /// keep column present, with a type the stage can read.
     fn first_input_issues(&self, input: &Schema) -> Vec<Issue> {
@@ -275,11 +292,53 @@ impl<K: TaskKind> Train<K> {
         issues
     }
 
+    /// Issues with inputs 1, 2, ...: each must give every column the stage reads, with the type
+    /// it has in the first input (their rows are appended to the first input's). A column the
+    /// first input lacks is reported by [`Self::first_input_issues`] alone.
+    fn other_input_issues(&self, inputs: &[SchemaRef]) -> Vec<Issue> {
+        let first = &inputs[0];
+        let used = self.used_columns(first);
+        let mut issues = Vec::new();
+        for (i, input) in inputs.iter().enumerate().skip(1) {
+            for (key, col) in &used {
+                let Ok(want) = first.field_with_name(col) else { continue };
+                match input.field_with_name(col) {
+                    Err(_) => issues.push(Issue::at_index(
+                        "inputs",
+                        i,
+                        format!("input {} has no column `{col}` (in `{key}`), which every input must give; it has: {}", i + 1, column_list(input)),
+                    )),
+                    Ok(have) if !have.data_type().equals_datatype(want.data_type()) => issues.push(Issue::at_index(
+                        "inputs",
+                        i,
+                        format!(
+                            "column `{col}` (in `{key}`) is {} in input {} but {} in input 1; every input must give it one type",
+                            type_name(have.data_type()),
+                            i + 1,
+                            type_name(want.data_type())
+                        ),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        issues
+    }
+
     /// The prediction table: the keep columns, then per task the fold and each target with its
     /// out-of-fold prediction, or the labels and the cluster.
     fn prediction_fields(&self, inputs: &[SchemaRef]) -> Vec<Field> {
         let input = &inputs[0];
-        let mut fields: Vec<Field> = self.keep_columns(input).iter().map(|c| input.field_with_name(c).expect("keep column checked").clone()).collect();
+        // A keep column is nullable in the output when it is in any input (their rows are joined).
+        let mut fields: Vec<Field> = self
+            .keep_columns(input)
+            .iter()
+            .map(|c| {
+                let f = input.field_with_name(c).expect("keep column checked").clone();
+                let nullable = inputs.iter().any(|s| s.field_with_name(c).is_ok_and(|g| g.is_nullable()));
+                f.with_nullable(nullable)
+            })
+            .collect();
         let mut reserved: BTreeSet<String> = fields.iter().map(|f| f.name().clone()).collect();
         let mut add = |f: Field, fields: &mut Vec<Field>| {
             if reserved.insert(f.name().clone()) {
@@ -328,7 +387,8 @@ impl<K: TaskKind> StageConfig for Train<K> {
     const EXAMPLE: &'static str = K::EXAMPLE;
 
     fn arity() -> Arity {
-        Arity::Transform { min: 1, max: Some(1) }
+        // Several inputs are appended in input order (e.g. two filters of one source).
+        Arity::Transform { min: 1, max: None }
     }
 
     fn partitioning(&self) -> Partitioning {
@@ -352,7 +412,8 @@ impl<K: TaskKind> StageConfig for Train<K> {
     }
 
     fn output_schema(&self, _ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
-        let issues = self.first_input_issues(&inputs[0]);
+        let mut issues = self.first_input_issues(&inputs[0]);
+        issues.extend(self.other_input_issues(inputs));
         if !issues.is_empty() {
             return Err(issues);
         }

@@ -32,6 +32,9 @@
 //!
 //! The models and metrics are the reference-tested kernels of [`crate::train`].
 //!
+//! A training stage takes one input or several: it trains on the rows of input 0, then input 1,
+//! and so on (buffered per input and joined in input order, so arrival timing never matters).
+//!
 //! Files: [`config`] (the options the training kinds share and their checks), [`table`] (reading
 //! feature columns), [`fit`] (the shared operator, step by step), [`artifacts`] (the committed
 //! folder), and one file per kind.
