@@ -1,6 +1,6 @@
 //! The configuration the three training kinds share ([`Train`], tagged by the task at the type
-//! level), its validation, and the output schema it declares: the out-of-fold prediction table
-//! with its units.
+//! level), its validation, and the output schema it declares: the out-of-fold prediction table,
+//! with the model file it writes announced in the schema metadata for `predict.model`.
 //!
 //! A training stage takes one input or several: the table it trains on is the rows of input 0,
 //! then input 1, and so on, so every input must give each column the stage reads, with one type.
@@ -14,6 +14,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::artifacts;
 use super::fit::{Outcome, Rows, TrainOperator};
 use crate::error::{Error, Result};
 use crate::stage::columns::{column_list, field, is_numeric, is_scalar, type_name, unit_of};
@@ -411,13 +412,14 @@ impl<K: TaskKind> StageConfig for Train<K> {
         issues
     }
 
-    fn output_schema(&self, _ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
+    fn output_schema(&self, ctx: &StageContext, inputs: &[SchemaRef]) -> std::result::Result<SchemaRef, Vec<Issue>> {
         let mut issues = self.first_input_issues(&inputs[0]);
         issues.extend(self.other_input_issues(inputs));
         if !issues.is_empty() {
             return Err(issues);
         }
-        Ok(Arc::new(Schema::new(self.prediction_fields(inputs))))
+        let metadata = artifacts::announce_model(self, &self.artifacts_dir(ctx));
+        Ok(Arc::new(Schema::new_with_metadata(self.prediction_fields(inputs), metadata)))
     }
 
     fn external_outputs(&self, ctx: &StageContext) -> Vec<PathBuf> {

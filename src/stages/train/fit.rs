@@ -163,6 +163,8 @@ impl<K: TaskKind> TransformOperator for TrainOperator<K> {
             report.insert("plot_errors".into(), Value::Array(plot_errors));
         }
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        // The artifacts before the table: a stage reading this one's output (predict.model) opens
+        // the model file once this stage's output has ended.
         commit_artifacts(&self.artifacts, &Value::Object(report), &metric_rows, &files).map_err(|e| self.fail(format!("writing the artifacts: {e}")))?;
         out.emit(batch);
         Ok(())

@@ -33,11 +33,13 @@
 //! The models and metrics are the reference-tested kernels of [`crate::train`].
 //!
 //! A training stage takes one input or several: it trains on the rows of input 0, then input 1,
-//! and so on (buffered per input and joined in input order, so arrival timing never matters).
+//! and so on (buffered per input and joined in input order, so arrival timing never matters). Its
+//! output schema announces the model file it writes (see [`artifacts`]), so `predict.model` can
+//! take the training stage itself as its second input instead of a file path.
 //!
 //! Files: [`config`] (the options the training kinds share and their checks), [`table`] (reading
 //! feature columns), [`fit`] (the shared operator, step by step), [`artifacts`] (the committed
-//! folder), and one file per kind.
+//! folder and the model announcement), and one file per kind.
 
 mod artifacts;
 mod config;
