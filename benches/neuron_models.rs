@@ -1,4 +1,4 @@
-//! Conductance-model throughput (README "Benchmarks"; issue 3's goals are ratios against brian2 and
+//! Conductance-model throughput (docs/benchmarks.md; issue 3's goals are ratios against brian2 and
 //! against the upstream STG numbers of specs/dic_stg.md):
 //!
 //! * `hh/traub_miles_10000x1s_1thread`: 10,000 independent Traub-Miles neurons (brian2's HH

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pipeline-core benchmarks, measured side by side in one session (README "Benchmarks"):
+# Pipeline-core benchmarks, measured side by side in one session (docs/benchmarks.md):
 #   1. actor graph vs the same operators in a plain loop (criterion, benches/runtime.rs);
 #   2. checkpoint write of 10 M float32 samples (criterion) vs pyarrow's write_table of the same
 #      table shape, zstd (../shared/peers, run before and after ours: peer, ours, peer).

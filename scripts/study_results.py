@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Print the measured study numbers straight from the pipelines' metrics.json files.
 
-The README's results table quotes these numbers; this script is how to check it (stdlib only):
+The results table of docs/studies.md (and the README's one number per study) quotes these
+numbers; this script is how to check it (stdlib only):
 
     bash scripts/study_results.sh            # runs the study pipelines, then this script
     python3 scripts/study_results.py          # only reads pipelines/runs/*/artifacts/*/metrics.json

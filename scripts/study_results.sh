@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every study pipeline with the release binary, then prints the numbers the README's results
-# table quotes, read from each train stage's metrics.json (scripts/study_results.py).
+# Runs every study pipeline with the release binary, then prints the numbers the results table of
+# docs/studies.md (and the README's one per study) quotes, read from each train stage's
+# metrics.json (scripts/study_results.py).
 #   bash scripts/study_results.sh            # all study pipelines (~15 min on 2 cores; dic_train is most of it)
 #   bash scripts/study_results.sh ei_units   # only the named pipelines
 # Checkpoints are reused: a pipeline whose stages did not change reruns in seconds.

@@ -328,8 +328,8 @@ path = "out/targets.csv"
 /// estimate's grid: a multiple of 1 from it, at most 2 + 1 away per axis, and — because the
 /// first round moves in steps of 2 — not reachable by the first round alone when it is odd.
 /// No test asserts R <= 1 on the five trains with the committed pipeline: it holds at the
-/// pipeline's seed but not across seeds (README, "Study 4: the ratio R and the refinement"), so
-/// such a test would pin a seed's luck rather than a property.
+/// pipeline's seed but not across seeds (docs/studies.md, "Study 4: the ratio R and the
+/// refinement"), so such a test would pin a seed's luck rather than a property.
 #[test]
 fn refinement_rounds_refine_on_a_halved_grid() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/dic_models");

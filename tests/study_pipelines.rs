@@ -240,8 +240,9 @@ fn allen_spikecounts_on_four_cells() {
 
 /// The shipped pipeline on all 21 cells, cut to the stages the Long Square f-I model needs (the
 /// other models, 25,197 study rows among them, are slow in a debug build and tested above): its
-/// leave-one-cell-out R² on Long Square sweeps stays above a floor the measured 0.908 (README
-/// "Results") passes with margin, and no cell is both trained on and tested in one fold.
+/// leave-one-cell-out R² on Long Square sweeps stays above a floor the measured 0.908
+/// (docs/studies.md "Results") passes with margin, and no cell is both trained on and tested in
+/// one fold.
 #[test]
 fn allen_spikecounts_long_square_fi_model_on_all_cells() {
     let text = std::fs::read_to_string(repo().join("pipelines/allen_spikecounts.toml")).unwrap();

@@ -357,3 +357,91 @@ filter_khz = 5
     assert_eq!(spikes_in(by_name("cell_a.abf")), 117);
     assert_eq!(spikes_in(by_name("cell_a.abf")) + spikes_in(by_name("cell_b.abf")), 472);
 }
+
+/// The plan, not the kinds' names, decides what runs per file: a training stage with two inputs
+/// (two filters of the watched source) and a `predict.model` that reads it are both gathered, so no
+/// increment runs them; the refit at exit fits once on the union of both inputs over every
+/// recording and predicts every recording with that model. Before the plan, watch mode refitted
+/// only `train.*` stages with exactly one input, found by their name, and could not run a stage
+/// downstream of one.
+#[test]
+fn watch_refits_a_two_input_training_stage_and_the_prediction_after_it() {
+    let pipeline = r#"
+[pipeline]
+name = "core"
+seed = 3
+
+[stages.inbox]
+kind = "source.parquet"
+paths = ["inbox/*.parquet"]
+
+[stages.low]
+kind = "transform.filter"
+inputs = ["inbox"]
+where = "stimulus_amplitude < 200"
+
+[stages.high]
+kind = "transform.filter"
+inputs = ["inbox"]
+where = "stimulus_amplitude >= 200"
+
+[stages.counts]
+kind = "train.regress"
+inputs = ["low", "high"]
+features = ["stimulus_amplitude"]
+target = "spike_count"
+model = { model = "ridge", alpha = 1.0 }
+validation = { method = "k_fold", k = 2 }
+
+[stages.predicted]
+kind = "predict.model"
+inputs = ["inbox", "counts"]
+"#;
+    let p = Project::new(pipeline);
+    let inbox = p.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    write_recording(&inbox.join("a.parquet"), 1, 20);
+    write_recording(&inbox.join("b.parquet"), 2, 20);
+    let mut child = Command::new(bin())
+        .args(["--quiet", "run", "pipeline.toml", "--watch", "--settle", "0.3", "--idle-exit", "2", "--refit-rows", "1000000", "--refit-seconds", "3600"])
+        .current_dir(p.path())
+        .spawn()
+        .unwrap();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(120));
+    assert!(status.success(), "{status:?}");
+
+    let ledger = read_ledger(&p.run_dir());
+    assert_eq!(ledger.iter().filter(|e| e.status == "ok").count(), 2, "{ledger:?}");
+    for e in &ledger {
+        let stages: BTreeSet<&str> = e.checkpoints.keys().map(String::as_str).collect();
+        assert_eq!(stages, BTreeSet::from(["inbox", "low", "high"]), "increments run the source's segment only");
+    }
+    assert!(checkpoint::list(&p.run_dir().join("counts")).is_empty() && checkpoint::list(&p.run_dir().join("predicted")).is_empty());
+
+    // One refit at exit: the model fitted on both inputs of both recordings.
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.run_dir().join("models/counts/v0001/metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["rows_used"].as_u64(), Some(40), "low (10 + 10 rows) and high (10 + 10) of a and b");
+
+    // ...and every recording predicted with it: ridge on one feature is a line through the points.
+    let refit = checkpoint::list(&p.run_dir().join("refit/predicted"));
+    assert_eq!(refit.len(), 1, "one prediction checkpoint");
+    let mut xy = Vec::new();
+    for part in refit[0].part_files() {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(part).unwrap()).unwrap().build().unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let x = b.column_by_name("stimulus_amplitude").unwrap().as_any().downcast_ref::<Float64Array>().unwrap().clone();
+            let y = b.column_by_name("prediction").expect("a prediction column").as_any().downcast_ref::<Float64Array>().unwrap().clone();
+            xy.extend(x.values().iter().copied().zip(y.values().iter().copied()));
+        }
+    }
+    assert_eq!(xy.len(), 40);
+    let (x0, y0) = xy[0];
+    let (x1, y1) = *xy.iter().find(|(x, _)| *x != x0).unwrap();
+    let slope = (y1 - y0) / (x1 - x0);
+    assert!(slope.is_finite() && slope != 0.0);
+    for (x, y) in &xy {
+        assert!((y - (y0 + slope * (x - x0))).abs() < 1e-9, "({x}, {y}) is off the fitted line");
+    }
+}
