@@ -22,7 +22,6 @@ pub mod old_features;
 pub mod features_membrane;
 pub mod features_trace;
 pub mod group_stats;
-pub mod old_train;
 pub mod units;
 
 use crate::stage::{KindEntry, entry};
@@ -57,10 +56,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<features_trace::FeaturesTrace>(),
         entry::<features_membrane::FeaturesMembrane>(),
         entry::<group_stats::FeaturesGroupStats>(),
-        entry::<old_train::TrainRegress>(),
-        entry::<old_train::TrainClassify>(),
-        entry::<old_train::TrainCluster>(),
-        entry::<old_train::PredictModel>(),
     ]
 }
 

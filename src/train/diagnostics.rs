@@ -171,6 +171,20 @@ pub fn permutation_importance(
     Ok(Importance { score: score_name(&data.target, balanced), baseline, repeats, features })
 }
 
+/// Why a learning curve could not be computed (the stage records the text in metrics.json).
+#[derive(Debug, thiserror::Error)]
+pub enum CurveError {
+    #[error("fraction {0} is not in (0, 1]")]
+    Fraction(f64),
+    /// A fit on a share of a fold's training rows failed (it can where the full fit does not).
+    #[error("fraction {fraction}, fold {fold} ({rows} training rows): {source}")]
+    Fit { fraction: f64, fold: usize, rows: usize, source: ModelError },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
 /// One point of a learning curve.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LearningPoint {
@@ -220,30 +234,30 @@ pub fn subsample(train: &[usize], target: &Target, fraction: f64, seed: u64) -> 
 /// search) on a seeded [`subsample`] of that fold's training rows and scored on the whole test
 /// fold. The validation score pools the out-of-fold predictions as the stage's metrics do; at
 /// fraction 1.0 it equals the stage's pooled score (same folds, same fits).
-pub fn learning_curve<F>(fit: F, folds: &[Fold], data: &TrainingData, fractions: &[f64], seed: u64, balanced: bool) -> Result<Vec<LearningPoint>, String>
+pub fn learning_curve<F>(fit: F, folds: &[Fold], data: &TrainingData, fractions: &[f64], seed: u64, balanced: bool) -> Result<Vec<LearningPoint>, CurveError>
 where
-    F: Fn(&TrainingData) -> Result<FittedModel, String>,
+    F: Fn(&TrainingData) -> Result<FittedModel, ModelError>,
 {
     let n = data.x.nrows();
     let tested = tested_rows(folds);
     let mut out = Vec::new();
     for (a, &fraction) in fractions.iter().enumerate() {
         if !(fraction > 0.0 && fraction <= 1.0) {
-            return Err(format!("fraction {fraction} is not in (0, 1]"));
+            return Err(CurveError::Fraction(fraction));
         }
-        let mut pooled = empty_pooled(&data.target, n).map_err(|e| e.to_string())?;
+        let mut pooled = empty_pooled(&data.target, n)?;
         let (mut sizes, mut train_scores) = (Vec::new(), Vec::new());
         for (k, fold) in folds.iter().enumerate() {
             let rows = if fraction >= 1.0 { fold.train.clone() } else { subsample(&fold.train, &data.target, fraction, feature_seed(seed, a * 65_537 + k)) };
             let train = data.select(&rows);
-            let model = fit(&train).map_err(|e| format!("fraction {fraction}, fold {k} ({} training rows): {e}", rows.len()))?;
-            let on_train = model.predict(&train.feature_names, train.x.view()).map_err(|e| e.to_string())?;
-            let mut own = empty_pooled(&train.target, rows.len()).map_err(|e| e.to_string())?;
-            scatter(&mut own, &(0..rows.len()).collect::<Vec<_>>(), on_train).map_err(|e| e.to_string())?;
+            let model = fit(&train).map_err(|source| CurveError::Fit { fraction, fold: k, rows: rows.len(), source })?;
+            let on_train = model.predict(&train.feature_names, train.x.view())?;
+            let mut own = empty_pooled(&train.target, rows.len())?;
+            scatter(&mut own, &(0..rows.len()).collect::<Vec<_>>(), on_train)?;
             let all: Vec<usize> = (0..rows.len()).collect();
-            train_scores.push(pooled_score(&train.target, &own, &all, balanced).map_err(|e| e.to_string())?);
+            train_scores.push(pooled_score(&train.target, &own, &all, balanced)?);
             let test = data.x.select(Axis(0), &fold.test);
-            scatter(&mut pooled, &fold.test, model.predict(&data.feature_names, test.view()).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            scatter(&mut pooled, &fold.test, model.predict(&data.feature_names, test.view())?)?;
             sizes.push(rows.len());
         }
         out.push(LearningPoint {
@@ -252,7 +266,7 @@ where
             train_rows_min: sizes.iter().copied().min().unwrap_or(0),
             train_rows_max: sizes.iter().copied().max().unwrap_or(0),
             train_score: train_scores.iter().sum::<f64>() / train_scores.len().max(1) as f64,
-            validation_score: pooled_score(&data.target, &pooled, &tested, balanced).map_err(|e| e.to_string())?,
+            validation_score: pooled_score(&data.target, &pooled, &tested, balanced)?,
         });
     }
     Ok(out)
@@ -352,7 +366,7 @@ mod tests {
         }
         let folds = k_fold(400, 4, true, 1).unwrap();
         let spec = ModelSpec::Linear {};
-        let fitter = |d: &TrainingData| fit(&spec, &FitOptions::default(), d).map_err(|e| e.to_string());
+        let fitter = |d: &TrainingData| fit(&spec, &FitOptions::default(), d);
         let curve = learning_curve(fitter, &folds, &data, &[0.05, 0.5, 1.0], 7, false).unwrap();
         assert_eq!(curve.len(), 3);
         assert_eq!((curve[2].train_rows_min, curve[2].train_rows_max), (300, 300));

@@ -336,8 +336,9 @@ pub fn adjusted_rand_index(labels_true: &[usize], labels_pred: &[usize]) -> Resu
     Ok((sum_cells - expected) / (max_index - expected))
 }
 
-/// Pearson's correlation coefficient r = Σ(a−ā)(b−b̄) / √(Σ(a−ā)² Σ(b−b̄)²) (NaN when either side
-/// is constant; the caller checks lengths).
+/// Pearson's product-moment correlation r = Σ(a−ā)(b−b̄) / √(Σ(a−ā)² · Σ(b−b̄)²) (the statistic of
+/// `scipy.stats.pearsonr`). NaN when either series is constant (or shorter than two values):
+/// callers that report it check the length first.
 pub fn pearson_r(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len() as f64;
     let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
@@ -347,31 +348,65 @@ pub fn pearson_r(a: &[f64], b: &[f64]) -> f64 {
     cov / (va * vb).sqrt()
 }
 
-/// The scores of one set of regression predictions; each is `None` where it is undefined (no
-/// rows or a non-finite value for R², MAE and RMSE; fewer than two rows for Pearson's r).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct RegressionScores {
+/// The metrics of one scope of a table (all rows pooled, one fold, or one group), as training and
+/// evaluation stages report them: a metric that is undefined for the scope is left out.
+#[derive(Debug, Clone, serde::Serialize, Default)]
+pub struct Scores {
     pub rows: usize,
-    pub r2: Option<f64>,
-    pub mae: Option<f64>,
-    pub rmse: Option<f64>,
-    pub pearson_r: Option<f64>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub values: std::collections::BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Vec<Vec<u64>>>,
 }
 
-/// R², MAE, RMSE and Pearson's r of `y_pred` against `y_true`.
-pub fn regression_scores(y_true: &[f64], y_pred: &[f64]) -> RegressionScores {
-    RegressionScores {
-        rows: y_true.len(),
-        r2: r2_score(y_true, y_pred).ok(),
-        mae: mean_absolute_error(y_true, y_pred).ok(),
-        rmse: root_mean_squared_error(y_true, y_pred).ok(),
-        pearson_r: (y_true.len() > 1).then(|| pearson_r(y_true, y_pred)),
+/// Classification scores of one scope: accuracy, balanced accuracy, macro F1, the majority-class
+/// baseline (majority of `train_labels`) and chance, and the confusion matrix.
+pub fn classification_scores(y: &[usize], p: &[usize], n_classes: usize, train_labels: &[usize]) -> Scores {
+    let mut s = Scores { rows: y.len(), ..Default::default() };
+    if let Ok(r) = classification_report(y, p, n_classes, train_labels) {
+        s.values.insert("accuracy".into(), r.accuracy);
+        s.values.insert("balanced_accuracy".into(), r.balanced_accuracy);
+        s.values.insert("macro_f1".into(), r.macro_f1);
+        s.values.insert("majority_baseline_accuracy".into(), r.majority_baseline_accuracy);
+        s.values.insert("chance_accuracy".into(), r.chance_accuracy);
+        s.confusion = Some(r.confusion);
     }
+    s
+}
+
+/// Regression scores of one scope: `r2`, `mae`, `rmse`, and `pearson_r` (from two rows on).
+pub fn regression_scores(y: &[f64], p: &[f64]) -> Scores {
+    let mut s = Scores { rows: y.len(), ..Default::default() };
+    if let Ok(v) = r2_score(y, p) {
+        s.values.insert("r2".into(), v);
+    }
+    if let Ok(v) = mean_absolute_error(y, p) {
+        s.values.insert("mae".into(), v);
+    }
+    if let Ok(v) = root_mean_squared_error(y, p) {
+        s.values.insert("rmse".into(), v);
+    }
+    if y.len() > 1 {
+        s.values.insert("pearson_r".into(), pearson_r(y, p));
+    }
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// r by hand: a = [1, 2, 3], b = [1, 3, 2]: deviations (−1, 0, 1) and (−1, 1, 0), so
+    /// Σ products = 1, Σ squares = 2 and 2, r = 1/2; a reversed copy gives −1; a constant NaN.
+    #[test]
+    fn pearson_r_by_hand() {
+        assert!((pearson_r(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0]) - 0.5).abs() < 1e-15);
+        assert!((pearson_r(&[1.0, 2.0, 3.0], &[6.0, 4.0, 2.0]) + 1.0).abs() < 1e-15);
+        assert!(pearson_r(&[1.0, 2.0, 3.0], &[5.0, 5.0, 5.0]).is_nan());
+        let s = regression_scores(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0]);
+        assert_eq!((s.rows, s.values["pearson_r"]), (3, pearson_r(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0])));
+        assert!(!regression_scores(&[1.0], &[1.0]).values.contains_key("pearson_r"), "undefined for one row");
+    }
 
     #[test]
     fn matched_confusion_has_the_hungarian_accuracy_on_its_diagonal() {
@@ -474,23 +509,5 @@ mod tests {
             }
             assert_eq!(got, best(&w, 0, &mut vec![false; cols]));
         }
-    }
-}
-
-#[cfg(test)]
-mod regression_scores_tests {
-    use super::*;
-
-    #[test]
-    fn regression_scores_are_defined_where_they_can_be() {
-        let s = regression_scores(&[1.0, 2.0, 3.0, 4.0], &[1.5, 2.0, 2.5, 4.5]);
-        assert_eq!(s.rows, 4);
-        assert!((s.mae.unwrap() - 0.375).abs() < 1e-15 && (s.rmse.unwrap() - 0.1875f64.sqrt()).abs() < 1e-15);
-        // cov / sqrt(var_a var_b) = 2.5 / sqrt(5 · 4.1875)
-        assert!((s.pearson_r.unwrap() - 0.9326733179802504).abs() < 1e-15);
-        let one = regression_scores(&[1.0], &[2.0]);
-        assert_eq!((one.r2, one.pearson_r), (Some(0.0), None));
-        let none = regression_scores(&[], &[]);
-        assert_eq!((none.rows, none.r2, none.mae, none.rmse, none.pearson_r), (0, None, None, None, None));
     }
 }

@@ -6,6 +6,7 @@
 //! beside their metrics.
 
 pub mod diagnostics;
+pub mod error;
 pub mod metrics;
 pub mod models;
 pub mod nn;

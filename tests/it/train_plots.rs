@@ -3,17 +3,26 @@
 //! seeded) write their PNGs beside metrics.json. Each PNG is decoded and checked for its
 //! documented size and for real content; permutation importance in metrics.json must rank the
 //! informative feature above the noise; the learning curve's full-size point must equal the
-//! stage's pooled out-of-fold score.
+//! stage's pooled out-of-fold score. Then a training stage with two inputs whose model
+//! `predict.model` applies by naming the training stage as its second input.
+
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use arrow::array::AsArray;
-use arrow::datatypes::Float64Type;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+use ndarray::Array2;
+use neurostream::checkpoint;
+use neurostream::train::models::{FittedModel, Prediction};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::support::{cli, metrics, output_text, read_parquet_batches};
+use crate::support::{Project, cli, computed, metrics, output_text, read_parquet_batches, stderr, stdout};
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -286,4 +295,162 @@ model = { model = "k_means", n_clusters = 4, n_runs = 5 }
     assert!(dark_blue > 5000, "{dark_blue} dark blue pixels");
     let acc = m["pooled"]["values"]["hungarian_accuracy"].as_f64().unwrap();
     assert!(acc > 0.5, "hungarian accuracy {acc}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// A training stage with two inputs, and predict.model reading the training stage
+// ------------------------------------------------------------------------------------------------
+
+/// 60 sweeps of three cells: `stimulus_amplitude` 20..610 pA, `spike_count` about a tenth of it.
+fn write_sweeps(path: &Path) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("recording_id", DataType::Utf8, false),
+        Field::new("sweep", DataType::Int64, false),
+        Field::new("stimulus_amplitude", DataType::Float64, false),
+        Field::new("spike_count", DataType::Int64, false),
+    ]));
+    let b = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values((0..60).map(|k| format!("cell{}", k % 3)))),
+            Arc::new(Int64Array::from_iter_values(0..60)),
+            Arc::new(Float64Array::from_iter_values((0..60).map(|k| 20.0 + 10.0 * k as f64))),
+            Arc::new(Int64Array::from_iter_values((0..60).map(|k| 2 + k + (k * 7) % 5))),
+        ],
+    )
+    .unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+}
+
+const TWO_INPUTS: &str = r#"
+[pipeline]
+name = "core"
+seed = 3
+
+[stages.sweeps]
+kind = "source.parquet"
+paths = ["data/sweeps.parquet"]
+
+[stages.low]
+kind = "transform.filter"
+inputs = ["sweeps"]
+where = "stimulus_amplitude < 300"
+
+[stages.high]
+kind = "transform.select"
+inputs = ["sweeps"]
+columns = ["recording_id", "sweep", "spike_count", "stimulus_amplitude"]
+
+[stages.fit]
+kind = "train.regress"
+inputs = ["low", "high"]
+features = ["stimulus_amplitude"]
+target = "spike_count"
+keep = ["recording_id", "sweep"]
+model = { model = "ridge", alpha = 1.0 }
+validation = { method = "k_fold", k = 3 }
+
+[stages.predicted]
+kind = "predict.model"
+inputs = ["low", "fit"]
+
+[stages.export]
+kind = "sink.parquet"
+inputs = ["predicted"]
+path = "out/predicted.parquet"
+"#;
+
+fn read_parquet(path: &Path) -> RecordBatch {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap().build().unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+fn int_column(b: &RecordBatch, name: &str) -> Vec<i64> {
+    b.column_by_name(name).unwrap().as_primitive::<Int64Type>().values().to_vec()
+}
+
+fn float_column(b: &RecordBatch, name: &str) -> Vec<f64> {
+    b.column_by_name(name).unwrap().as_primitive::<Float64Type>().values().to_vec()
+}
+
+/// `train.regress` on two inputs (a filter and a select of one source, so 28 + 60 rows) trains
+/// on input 0's rows then input 1's, and announces its model file in its schema; `predict.model`
+/// with the training stage as its second input applies exactly that model.json; a second run
+/// computes nothing.
+#[test]
+fn a_two_input_training_stage_feeds_predict_model() {
+    let p = Project::new(TWO_INPUTS);
+    write_sweeps(&p.path().join("data/sweeps.parquet"));
+    let (out, report) = p.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(computed(&report), ["export", "fit", "high", "low", "predicted", "sweeps"]);
+
+    let artifacts = p.run_dir().join("artifacts/fit");
+    assert_eq!(metrics(&p.run_dir(), "fit")["rows_used"].as_u64(), Some(28 + 60));
+    // The table is input 0's rows, then input 1's, whichever arrived first.
+    let cps = checkpoint::list(&p.run_dir().join("fit"));
+    let fit = read_parquet(&cps[0].part_files()[0]);
+    let sweeps: Vec<i64> = (0..28).chain(0..60).collect();
+    assert_eq!(int_column(&fit, "sweep"), sweeps, "low's 28 rows, then high's 60");
+    let schema = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&cps[0].part_files()[0]).unwrap()).unwrap().schema().clone();
+    let announced = PathBuf::from(&schema.metadata()["neurostream.model"]);
+    assert!(announced.is_absolute(), "{announced:?}");
+    assert_eq!(std::fs::canonicalize(&announced).unwrap(), std::fs::canonicalize(artifacts.join("model.json")).unwrap());
+    assert_eq!(schema.metadata()["neurostream.model_task"], "regression");
+    assert_eq!(schema.metadata()["neurostream.model_columns"], r#"["stimulus_amplitude"]"#);
+
+    // predict.model applied the written model to input `low`: the same as loading it directly.
+    let predicted = read_parquet(&p.path().join("out/predicted.parquet"));
+    assert_eq!(predicted.num_rows(), 28);
+    let model = FittedModel::from_file(&artifacts.join("model.json")).unwrap();
+    let x = float_column(&predicted, "stimulus_amplitude");
+    let Prediction::Values(direct) = model.predict(&model.feature_names, Array2::from_shape_vec((x.len(), 1), x).unwrap().view()).unwrap() else {
+        panic!("values")
+    };
+    assert_eq!(float_column(&predicted, "prediction"), direct);
+
+    let (out, report) = p.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(computed(&report).is_empty(), "a second run reuses everything: {:?}", computed(&report));
+}
+
+/// Validation names the input and the column when the inputs of a training stage differ, and
+/// says how to give `predict.model` its model when the second input cannot.
+#[test]
+fn bad_inputs_of_training_and_prediction_are_named() {
+    let p = Project::new(TWO_INPUTS);
+    write_sweeps(&p.path().join("data/sweeps.parquet"));
+    std::fs::write(p.path().join("data/ints.csv"), "recording_id,sweep,stimulus_amplitude,spike_count\ncell0,0,20,2\ncell1,1,30,4\n").unwrap();
+    let validate = |text: &str| -> String {
+        p.write_pipeline(text);
+        let out = p.cli(&["validate", "pipeline.toml"]);
+        assert!(!out.status.success(), "accepted:\n{text}");
+        stdout(&out) + &stderr(&out)
+    };
+    let ints = "\n[stages.ints]\nkind = \"source.csv\"\npaths = [\"data/ints.csv\"]\n";
+
+    // A second input without the target, and one whose feature has another type.
+    let text = TWO_INPUTS.replace(r#"columns = ["recording_id", "sweep", "spike_count", "stimulus_amplitude"]"#, r#"columns = ["recording_id", "sweep", "stimulus_amplitude"]"#);
+    let e = validate(&text);
+    assert!(e.contains("stage `fit`: input 2 has no column `spike_count` (in `target`)"), "{e}");
+    let e = validate(&(TWO_INPUTS.replace(r#"inputs = ["low", "high"]"#, r#"inputs = ["low", "ints"]"#) + ints));
+    assert!(e.contains("stage `fit`: column `stimulus_amplitude` (in `features`) is int64 in input 2 but float64 in input 1"), "{e}");
+
+    // predict.model: both a file and a stage, neither, a stage that is not a training stage, a
+    // training stage with one model per target.
+    let e = validate(&TWO_INPUTS.replace(r#"inputs = ["low", "fit"]"#, "inputs = [\"low\", \"fit\"]\nmodel = \"runs/core/artifacts/fit/model.json\""));
+    assert!(e.contains("stage `predicted`: the model comes from `model` or from a training stage as the second input, not both"), "{e}");
+    let e = validate(&TWO_INPUTS.replace(r#"inputs = ["low", "fit"]"#, r#"inputs = ["low"]"#));
+    assert!(e.contains("stage `predicted`: no model: name its file with `model`"), "{e}");
+    let e = validate(&TWO_INPUTS.replace(r#"inputs = ["low", "fit"]"#, r#"inputs = ["low", "high"]"#));
+    assert!(e.contains("stage `predicted`: the second input is not a training stage with one model file; name the model with `model`"), "{e}");
+    let e = validate(&TWO_INPUTS.replace(r#"target = "spike_count""#, r#"target = ["spike_count", "sweep"]"#));
+    assert!(e.contains("stage `predicted`: the second input writes one model file per target"), "{e}");
+    // The table must have the columns the model reads.
+    let e = validate(&(TWO_INPUTS.replace(r#"inputs = ["low", "fit"]"#, r#"inputs = ["names", "fit"]"#)
+        + "\n[stages.names]\nkind = \"transform.select\"\ninputs = [\"sweeps\"]\ncolumns = [\"recording_id\"]\n"));
+    assert!(e.contains("stage `predicted`: the model was trained on columns the input does not have: stimulus_amplitude"), "{e}");
 }

@@ -257,7 +257,7 @@ impl DicEstimate {
     fn models(&self, ctx: &StageContext) -> std::result::Result<Option<EstimatorModels>, Issue> {
         let load = |key: &str, p: &str| -> std::result::Result<FittedModel, Issue> {
             let path = ctx.resolve(p);
-            let m = FittedModel::from_file(&path).map_err(|e| Issue::at(&[key], e))?;
+            let m = FittedModel::from_file(&path).map_err(|e| Issue::at(&[key], e.to_string()))?;
             let want = isi_feature_columns();
             if m.feature_names != want {
                 return Err(Issue::at(&[key], format!("{}: the model was not trained on the {} `isi_features` of features.isi", path.display(), want.len())));

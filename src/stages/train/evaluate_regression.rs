@@ -130,8 +130,8 @@ impl TransformOperator for EvaluateOp {
             names.push(scope);
             n.push(y.len() as i64);
             skipped.push((sel.len() - y.len()) as i64);
-            for (k, v) in [s.r2, s.mae, s.rmse, s.pearson_r].into_iter().enumerate() {
-                vals[k].push(v.filter(|v| v.is_finite()));
+            for (k, m) in ["r2", "mae", "rmse", "pearson_r"].iter().enumerate() {
+                vals[k].push(if y.is_empty() { None } else { s.values.get(*m).copied().filter(|v| v.is_finite()) });
             }
         }
         let [a, b, c, d] = vals;
