@@ -18,23 +18,17 @@ pub mod sink;
 
 // Files not yet split into their families (one kind per file).
 pub mod allen;
-pub mod cell;
 pub mod csv_source;
 pub mod derive;
 pub mod old_dic;
 pub mod dic_data;
-pub mod old_features;
-pub mod features_membrane;
-pub mod features_trace;
 pub mod generic;
-pub mod group_stats;
 pub mod old_ingest;
 pub mod old_preprocess;
 pub mod preprocess_signal;
 pub mod old_simulate;
 pub mod simulate_hh;
 pub mod old_train;
-pub mod units;
 
 use crate::stage::{KindEntry, entry};
 
@@ -73,15 +67,6 @@ fn not_yet_in_a_family() -> Vec<KindEntry> {
         entry::<old_ingest::IngestNwb>(),
         entry::<allen::IngestAllenSweeps>(),
         entry::<allen::SimulateGlifReplay>(),
-        entry::<old_features::FeaturesSpikes>(),
-        entry::<old_features::FeaturesSweep>(),
-        entry::<units::IngestCellExplorer>(),
-        entry::<units::FeaturesUnits>(),
-        entry::<cell::FeaturesCell>(),
-        entry::<cell::FeaturesSubthreshold>(),
-        entry::<features_trace::FeaturesTrace>(),
-        entry::<features_membrane::FeaturesMembrane>(),
-        entry::<group_stats::FeaturesGroupStats>(),
         entry::<old_dic::IngestSpikeTimes>(),
         entry::<old_dic::DicEstimate>(),
         entry::<old_dic::DicPopulation>(),

@@ -150,52 +150,52 @@ macro_rules! ipfx_detection_struct {
             /// Cutoff of the 4-pole Bessel low-pass (forward-backward) applied before dV/dt (IPFX
             /// `filter`, 10), or "none". Must be below half the sampling rate: use "none" or e.g. 5
             /// for 20 kHz recordings [kHz].
-            #[serde(default = "crate::stages::old_features::d_filter")]
-            pub filter_khz: crate::stages::old_features::Cutoff,
+            #[serde(default = "crate::stages::features::spikes::d_filter")]
+            pub filter_khz: crate::stages::features::spikes::Cutoff,
             /// dV/dt whose up-crossing marks a putative spike (IPFX `dv_cutoff`, 20) [V/s].
-            #[serde(default = "crate::stages::old_features::defaults::dv_cutoff_v_per_s")]
+            #[serde(default = "crate::stages::features::spikes::defaults::dv_cutoff_v_per_s")]
             pub dv_cutoff_v_per_s: f64,
             /// Longest threshold-to-peak time (IPFX `max_interval`, 0.005) [s].
-            #[serde(default = "crate::stages::old_features::defaults::max_interval_s")]
+            #[serde(default = "crate::stages::features::spikes::defaults::max_interval_s")]
             pub max_interval_s: f64,
             /// Smallest threshold-to-peak height (IPFX `min_height`, 2) [mV].
-            #[serde(default = "crate::stages::old_features::defaults::min_height_mv")]
+            #[serde(default = "crate::stages::features::spikes::defaults::min_height_mv")]
             pub min_height_mv: f64,
             /// Smallest peak voltage (IPFX `min_peak`, -30) [mV].
-            #[serde(default = "crate::stages::old_features::defaults::min_peak_mv")]
+            #[serde(default = "crate::stages::features::spikes::defaults::min_peak_mv")]
             pub min_peak_mv: f64,
             /// Threshold at this fraction of the mean maximum upstroke (IPFX `thresh_frac`, 0.05) [1].
-            #[serde(default = "crate::stages::old_features::defaults::thresh_frac")]
+            #[serde(default = "crate::stages::features::spikes::defaults::thresh_frac")]
             pub thresh_frac: f64,
             /// Reject spikes within this time after the window start, 0 = off (IPFX
             /// `reject_at_stim_start_interval`, 0) [s].
-            #[serde(default = "crate::stages::old_features::defaults::reject_at_stim_start_interval_s")]
+            #[serde(default = "crate::stages::features::spikes::defaults::reject_at_stim_start_interval_s")]
             pub reject_at_stim_start_interval_s: f64,
             /// The last spike is clipped unless V returns to threshold + this (IPFX `tol`, 1) [mV].
-            #[serde(default = "crate::stages::old_features::defaults::clip_tolerance_mv")]
+            #[serde(default = "crate::stages::features::spikes::defaults::clip_tolerance_mv")]
             pub clip_tolerance_mv: f64,
             /// Cutoff of the heavier Bessel filter for the ADP search (IPFX `heavy_filter`, 1), or
             /// "none" [kHz].
-            #[serde(default = "crate::stages::old_features::d_heavy")]
-            pub heavy_filter_khz: crate::stages::old_features::Cutoff,
+            #[serde(default = "crate::stages::features::spikes::d_heavy")]
+            pub heavy_filter_khz: crate::stages::features::spikes::Cutoff,
             /// Fast trough at dV/dt >= this fraction of the downstroke (IPFX `term_frac`, 0.01) [1].
-            #[serde(default = "crate::stages::old_features::defaults::term_frac")]
+            #[serde(default = "crate::stages::features::spikes::defaults::term_frac")]
             pub term_frac: f64,
             /// Heavy-filtered dV/dt that starts an ADP (IPFX `adp_thresh`, 0.5) [V/s].
-            #[serde(default = "crate::stages::old_features::defaults::adp_thresh_v_per_s")]
+            #[serde(default = "crate::stages::features::spikes::defaults::adp_thresh_v_per_s")]
             pub adp_thresh_v_per_s: f64,
             /// Minimum drop for a "detour" reset (IPFX trough-details `tol`, 0.5) [mV].
-            #[serde(default = "crate::stages::old_features::defaults::detour_tolerance_mv")]
+            #[serde(default = "crate::stages::features::spikes::defaults::detour_tolerance_mv")]
             pub detour_tolerance_mv: f64,
             /// The ADP rise must start within this time of the fast trough (IPFX `flat_interval`,
             /// 0.002) [s].
-            #[serde(default = "crate::stages::old_features::defaults::flat_interval_s")]
+            #[serde(default = "crate::stages::features::spikes::defaults::flat_interval_s")]
             pub flat_interval_s: f64,
             /// Largest fast-trough-to-ADP time (IPFX `adp_max_delta_t`, 0.005) [s].
-            #[serde(default = "crate::stages::old_features::defaults::adp_max_delta_t_s")]
+            #[serde(default = "crate::stages::features::spikes::defaults::adp_max_delta_t_s")]
             pub adp_max_delta_t_s: f64,
             /// Largest fast-trough-to-ADP rise (IPFX `adp_max_delta_v`, 10) [mV].
-            #[serde(default = "crate::stages::old_features::defaults::adp_max_delta_v_mv")]
+            #[serde(default = "crate::stages::features::spikes::defaults::adp_max_delta_v_mv")]
             pub adp_max_delta_v_mv: f64,
         }
 

@@ -27,7 +27,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, LargeList
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, Schema, SchemaRef};
 use rayon::prelude::*;
 
-use super::old_features::{ipfx_detection_struct, plain_config_struct};
+use super::spikes::{ipfx_detection_struct, plain_config_struct};
 use crate::stage::columns::{field, is_numeric, is_string, require};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};

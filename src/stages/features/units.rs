@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ingest::files::{check_file_source, content_id, source_files};
+use crate::stages::ingest::files::{check_file_source, content_id, source_files};
 use crate::stage::columns::{field, is_numeric, is_scalar, is_string, require};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, SourceOperator, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
