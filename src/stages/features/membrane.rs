@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::trace::{numeric_list, passed_columns, passed_fields, unit_label};
+use super::passed_columns::{numeric_list, passed_columns, passed_fields, unit_label};
 use crate::stage::columns::{as_f64_list, column_list, field, is_numeric, require, row_values, unit_of};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::Result;

@@ -3,9 +3,15 @@
 //! One file per kind, named after it; [`kinds`] lists them for the registry.
 
 pub mod cell;
+pub mod cell_rows;
+pub mod detection;
 pub mod group_stats;
 pub mod membrane;
+pub mod passed_columns;
 pub mod spikes;
+pub mod subthreshold;
+pub mod sweep;
+pub mod sweep_analysis;
 pub mod trace;
 pub mod units;
 
@@ -15,13 +21,12 @@ use crate::stage::{KindEntry, entry};
 pub fn kinds() -> Vec<KindEntry> {
     vec![
         entry::<spikes::FeaturesSpikes>(),
-        entry::<spikes::FeaturesSweep>(),
+        entry::<sweep::FeaturesSweep>(),
         entry::<cell::FeaturesCell>(),
-        entry::<cell::FeaturesSubthreshold>(),
+        entry::<subthreshold::FeaturesSubthreshold>(),
         entry::<trace::FeaturesTrace>(),
         entry::<membrane::FeaturesMembrane>(),
         entry::<group_stats::FeaturesGroupStats>(),
         entry::<units::FeaturesUnits>(),
-        entry::<units::IngestCellExplorer>(),
     ]
 }

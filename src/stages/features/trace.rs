@@ -30,12 +30,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type, Schema, SchemaRef};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::columns::{as_f64_list, check_rate_column, column_list, field, is_numeric, row_values, unit_of};
+use super::passed_columns::{numeric_list, passed_columns, passed_fields, unit_label};
+use crate::stage::columns::{as_f64_list, check_rate_column, column_list, field, row_values, unit_of};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::Result;
 use crate::features::spike_train::basic_spike_train_features;
@@ -84,17 +85,6 @@ const SPIKE_STATS: [(&str, Option<&str>); 8] = [
     ("isi_cv", Some("1")),
     ("adapt", Some("1")),
 ];
-
-pub(super) fn is_list(t: &DataType) -> bool {
-    matches!(t, DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _))
-}
-
-pub(super) fn numeric_list(t: &DataType) -> bool {
-    match t {
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => is_numeric(f.data_type()),
-        _ => false,
-    }
-}
 
 fn lag_name(lag_s: f64) -> String {
     // 0.001 -> "1", 0.0005 -> "0.5": the lag in ms with no trailing zeros.
@@ -289,35 +279,6 @@ fn trace_stats(x: &[f64], rate_hz: Option<f64>, lags_s: &[f64]) -> TraceStats {
         })
         .collect();
     TraceStats { samples: n as i64, level, acf }
-}
-
-/// The input fields a per-row feature stage passes on: every scalar column, and the list columns
-/// too when `keep_lists` (the schema side of [`passed_columns`]).
-pub(super) fn passed_fields(input: &Schema, keep_lists: bool) -> Vec<Field> {
-    input.fields().iter().filter(|f| keep_lists || !is_list(f.data_type())).map(|f| f.as_ref().clone()).collect()
-}
-
-/// The passed-on columns of `batch` (see [`passed_fields`]) at the kept `rows`, in order.
-pub(super) fn passed_columns(batch: &RecordBatch, rows: &[usize], keep_lists: bool) -> Result<Vec<ArrayRef>> {
-    let idx = arrow::array::UInt64Array::from_iter_values(rows.iter().map(|&r| r as u64));
-    let mut columns = Vec::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        if keep_lists || !is_list(f.data_type()) {
-            columns.push(arrow::compute::take(c, &idx, None)?);
-        }
-    }
-    Ok(columns)
-}
-
-pub(super) fn unit_label(batch: &RecordBatch, row: usize) -> String {
-    let get = |c: &str| batch.column_by_name(c).and_then(|a| arrow::compute::cast(a, &DataType::Utf8).ok());
-    let id = get("recording_id").map(|a| a.as_string::<i32>().value(row).to_string());
-    let sweep = get("sweep").map(|a| a.as_string::<i32>().value(row).to_string());
-    match (id, sweep) {
-        (Some(i), Some(s)) => format!("{i}/{s}"),
-        (Some(i), None) => i,
-        _ => format!("row {row}"),
-    }
 }
 
 impl TransformOperator for TraceOp {

@@ -2,14 +2,17 @@
 //!
 //! One file per kind, named after it; [`kinds`] lists them for the registry.
 
+pub mod cellexplorer;
 pub mod files;
 
-use crate::stage::KindEntry;
+use crate::stage::{KindEntry, entry};
 
 /// The chunk columns added to the sweeps table by `chunk_s`.
 pub const CHUNK_COLUMNS: [&str; 4] = ["chunk", "chunk_start_s", "chunk_end_s", "trace_start_s"];
 
 /// The kinds of this family, in the order `neurostream stages` lists them.
 pub fn kinds() -> Vec<KindEntry> {
-    vec![]
+    vec![
+        entry::<cellexplorer::IngestCellExplorer>(),
+    ]
 }
