@@ -3,6 +3,7 @@
 
 pub mod spike_train;
 pub mod spikes;
+pub mod stats;
 pub mod cell;
 pub mod membrane;
 pub mod subthreshold;
