@@ -7,4 +7,5 @@ pub mod stats;
 pub mod cell;
 pub mod membrane;
 pub mod subthreshold;
+pub mod trace;
 pub mod units;
