@@ -82,6 +82,37 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
+/// A group aggregate of `features.group_stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stat {
+    Count,
+    Mean,
+    Min,
+    Max,
+    Median,
+}
+
+/// `stat` of `values`: the count of any set, otherwise `None` for an empty one. The values are
+/// sorted first, so the mean sums them in ascending order.
+pub fn aggregate(stat: Stat, mut values: Vec<f64>) -> Option<f64> {
+    if stat == Stat::Count {
+        return Some(values.len() as f64);
+    }
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    Some(match stat {
+        Stat::Count => n as f64,
+        Stat::Mean => values.iter().sum::<f64>() / n as f64,
+        Stat::Min => values[0],
+        Stat::Max => values[n - 1],
+        Stat::Median => median_sorted(&values),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +145,18 @@ mod tests {
         assert!((sd - 2.570_870_475_150_391_7).abs() < 1e-12);
         assert_eq!(numpy_mean(&x), 3.875);
         assert!((numpy_std(&x) - sd).abs() < 1e-12);
+    }
+
+    #[test]
+    fn aggregates_of_a_group() {
+        let v = vec![4.0, 1.0, 3.0, 2.0];
+        assert_eq!(aggregate(Stat::Count, v.clone()), Some(4.0));
+        assert_eq!(aggregate(Stat::Mean, v.clone()), Some(2.5));
+        assert_eq!(aggregate(Stat::Min, v.clone()), Some(1.0));
+        assert_eq!(aggregate(Stat::Max, v.clone()), Some(4.0));
+        assert_eq!(aggregate(Stat::Median, v), Some(2.5));
+        assert_eq!(aggregate(Stat::Median, vec![5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(aggregate(Stat::Count, vec![]), Some(0.0));
+        assert_eq!(aggregate(Stat::Mean, vec![]), None);
     }
 }
