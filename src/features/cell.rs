@@ -43,6 +43,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::stats::{median, numpy_mean};
 use super::spike_train::{SpikeTrainError, SpikeTrainFeatures, spike_train_features};
 use super::spikes::{Spike, SpikeDetectionParams, SpikeError, SpikeWorkspace, detect_spikes_with};
 use super::subthreshold::{
@@ -254,14 +255,6 @@ pub fn cell_features(
     summarize_cell(sweeps, &analyzed, window, params)
 }
 
-/// numpy `median` (mean of the two middle values for an even count) of a non-empty slice.
-fn median(x: &[f64]) -> f64 {
-    let mut s = x.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 { s[m] } else { (s[m - 1] + s[m]) / 2.0 }
-}
-
 /// Combines already analysed sweeps (`analyzed[k]` from `sweeps[k]`, e.g. computed in parallel
 /// with [`analyze_sweep`]) into the cell summary. The traces are needed again for the τ fits.
 pub fn summarize_cell(
@@ -283,7 +276,7 @@ pub fn summarize_cell(
     }
     let mut out = CellFeatures::default();
     let baselines: Vec<f64> = analyzed.iter().map(|a| a.subthreshold.v_baseline_mv).collect();
-    out.vrest_mv = Some(super::spikes::numpy_sum(&baselines) / baselines.len() as f64);
+    out.vrest_mv = Some(numpy_mean(&baselines));
 
     let spiking: Vec<usize> = (0..analyzed.len()).filter(|&k| analyzed[k].train.avg_rate_hz > 0.0).collect();
     let subthreshold: Vec<usize> = (0..analyzed.len()).filter(|&k| analyzed[k].train.avg_rate_hz == 0.0).collect();
@@ -498,7 +491,7 @@ fn subthreshold_summary(
             .collect();
         out.miss(&["tau"], &format!("no sweep gave a time constant ({})", statuses.join(", ")));
     } else {
-        out.tau_ms = Some(super::spikes::numpy_sum(&taus) / taus.len() as f64 * 1e3);
+        out.tau_ms = Some(numpy_mean(&taus) * 1e3);
     }
     debug_assert!(out.membrane_property_taus.iter().all(|s| s.tau.status != TauStatus::NotHyperpolarizing));
 

@@ -129,6 +129,50 @@ pub fn fit_membrane(
     Ok(MembraneFit { r_mohm: -1e3 * b / a, c_pf: 1e3 / b, el_mv: -c / a, tau_ms: -1e3 / a, pairs, r2 })
 }
 
+/// Which samples of a sweep may enter the fit: a time window, minus a neighbourhood of each spike.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitWindow {
+    /// First fitted time; the first sample at or after it [s].
+    pub start_s: f64,
+    /// Last fitted time, the sample at or before it included (`None`: the whole trace) [s].
+    pub end_s: Option<f64>,
+    /// Left out before each spike time [s].
+    pub exclude_before_s: f64,
+    /// Left out after each spike time (the spike and its after-hyperpolarisation) [s].
+    pub exclude_after_s: f64,
+}
+
+/// A spike time that is not a finite number (`spike_times_s[index]`).
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("spike time [{index}] is {value}, not a time")]
+pub struct NotATime {
+    pub index: usize,
+    pub value: f64,
+}
+
+/// The usable samples of an `n`-sample trace at `rate_hz` for [`fit_membrane`]: those of the
+/// window, minus the samples from floor((t − before)·rate) to ceil((t + after)·rate) around each
+/// spike time t.
+pub fn usable_samples(n: usize, rate_hz: f64, window: &FitWindow, spike_times_s: &[f64]) -> Result<Vec<bool>, NotATime> {
+    let first = (window.start_s * rate_hz).ceil() as usize;
+    let end = window.end_s.map_or(n, |e| ((e * rate_hz).floor() as usize + 1).min(n));
+    let mut usable = vec![false; n];
+    for u in usable.iter_mut().take(end).skip(first) {
+        *u = true;
+    }
+    for (index, &t) in spike_times_s.iter().enumerate() {
+        if !t.is_finite() {
+            return Err(NotATime { index, value: t });
+        }
+        let lo = ((t - window.exclude_before_s) * rate_hz).floor().max(0.0) as usize;
+        let hi = (((t + window.exclude_after_s) * rate_hz).ceil().max(0.0) as usize).min(n.saturating_sub(1));
+        for u in usable.iter_mut().take(hi + 1).skip(lo) {
+            *u = false;
+        }
+    }
+    Ok(usable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +273,21 @@ mod tests {
         let v: Vec<f64> = (0..100).map(|k| -70.0 + 5.0 * (1.0 - (-(k as f64) / 10.0).exp())).collect();
         let i = vec![50.0; 100];
         assert_eq!(fit_membrane(&v, &i, 1e3, Scheme::Forward, 10, |_| true), Err(NoFit::Singular { pairs: 99 }));
+    }
+
+    #[test]
+    fn usable_samples_are_the_window_minus_the_spikes() {
+        // 20 samples at 1 kHz; window 2.5 ms ..= 15 ms -> samples 3..=15; a spike at 8 ms with 2 ms
+        // before and 1 ms after leaves out samples 6..=9.
+        let w = FitWindow { start_s: 0.0025, end_s: Some(0.015), exclude_before_s: 0.002, exclude_after_s: 0.001 };
+        let u = usable_samples(20, 1000.0, &w, &[0.008]).unwrap();
+        let kept: Vec<usize> = (0..20).filter(|&k| u[k]).collect();
+        assert_eq!(kept, [3, 4, 5, 10, 11, 12, 13, 14, 15]);
+        // the whole trace without an end; a spike near the end is clipped to the trace
+        let w = FitWindow { start_s: 0.0, end_s: None, exclude_before_s: 0.0, exclude_after_s: 1.0 };
+        let u = usable_samples(5, 1000.0, &w, &[0.003]).unwrap();
+        assert_eq!(u, [true, true, true, false, false]);
+        let e = usable_samples(5, 1000.0, &w, &[0.001, f64::NAN]).unwrap_err();
+        assert!(e.index == 1 && e.value.is_nan(), "{e}");
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod spike_train;
 pub mod spikes;
+pub mod stats;
 pub mod cell;
 pub mod membrane;
 pub mod subthreshold;
+pub mod trace;
 pub mod units;

@@ -11,7 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::spikes::{Spike, numpy_sum};
+use super::spikes::Spike;
+use super::stats::{median, numpy_mean, numpy_std};
 
 /// Errors of the spike-train kernels; messages name the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -76,10 +77,8 @@ pub fn basic_spike_train_features(
     let (mean, cv, median) = if isis.is_empty() {
         (None, None, None)
     } else {
-        let mean = numpy_sum(&isis) / isis.len() as f64;
-        let sq: Vec<f64> = isis.iter().map(|x| (x - mean) * (x - mean)).collect();
-        let std = (numpy_sum(&sq) / isis.len() as f64).sqrt();
-        (Some(mean), Some(std / mean), Some(median(&isis)))
+        let mean = numpy_mean(&isis);
+        (Some(mean), Some(numpy_std(&isis) / mean), Some(median(&isis)))
     };
     Ok(SpikeTrainFeatures {
         spike_count,
@@ -102,14 +101,6 @@ pub fn spike_train_features(spikes: &[Spike], start_s: f64, end_s: f64) -> Resul
     basic_spike_train_features(&times, start_s, end_s)
 }
 
-/// numpy `median`: mean of the two middle values for an even count.
-fn median(x: &[f64]) -> f64 {
-    let mut s = x.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 { s[m] } else { (s[m - 1] + s[m]) / 2.0 }
-}
-
 /// IPFX `adaptation_index` / `norm_diff`: NaN (None) below two ISIs, 0 when all consecutive sums
 /// are ~0 (`np.allclose(..., 0)`), pairs of zero ISIs count as 0, mean ignoring NaN.
 fn adaptation_index(isis: &[f64]) -> Option<f64> {
@@ -124,7 +115,7 @@ fn adaptation_index(isis: &[f64]) -> Option<f64> {
         .map(|w| if w[0] == 0.0 && w[1] == 0.0 { 0.0 } else { (w[1] - w[0]) / (w[1] + w[0]) })
         .filter(|x| !x.is_nan())
         .collect();
-    if diffs.is_empty() { None } else { Some(numpy_sum(&diffs) / diffs.len() as f64) }
+    if diffs.is_empty() { None } else { Some(numpy_mean(&diffs)) }
 }
 
 #[cfg(test)]

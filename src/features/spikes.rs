@@ -25,6 +25,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::stats::numpy_mean;
+
 /// Errors of spike detection. Every message names the offending field or parameter.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpikeError {
@@ -1177,39 +1179,6 @@ fn last_where_backward(x: &[f64], from: usize, stop: usize, pred: impl Fn(f64) -
     (stop + 1..=start).rev().find(|&k| pred(x[k]))
 }
 
-/// numpy's pairwise summation (`np.add.reduce` on a contiguous float64 array): blocks of 8
-/// accumulators below 128 elements, recursive halving above. Keeps means bit-identical to IPFX.
-pub(crate) fn numpy_sum(x: &[f64]) -> f64 {
-    let n = x.len();
-    if n < 8 {
-        let mut res = 0.0;
-        for &v in x {
-            res += v;
-        }
-        res
-    } else if n <= 128 {
-        let mut r = [0.0; 8];
-        r.copy_from_slice(&x[..8]);
-        let mut i = 8;
-        while i < n - n % 8 {
-            for j in 0..8 {
-                r[j] += x[i + j];
-            }
-            i += 8;
-        }
-        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        while i < n {
-            res += x[i];
-            i += 1;
-        }
-        res
-    } else {
-        let mut n2 = n / 2;
-        n2 -= n2 % 8;
-        numpy_sum(&x[..n2]) + numpy_sum(&x[n2..])
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Detection
 // ---------------------------------------------------------------------------------------------
@@ -1565,7 +1534,7 @@ fn retain_mask(x: &mut Vec<usize>, keep: &[bool]) {
 fn mean_at(dvdt: &[f64], idx: &[usize], gather: &mut Vec<f64>) -> f64 {
     gather.clear();
     gather.extend(idx.iter().map(|&k| dvdt[k]));
-    numpy_sum(gather) / gather.len() as f64
+    numpy_mean(gather)
 }
 
 /// Where the heavily filtered dV/dt stands during detection.
@@ -2103,13 +2072,5 @@ mod tests {
         let p = SpikeDetectionParams { filter_khz: None, heavy_filter_khz: None, ..SpikeDetectionParams::default() };
         let spikes = detect_spikes(Timebase::from_rate(20_000.0), &[-65.0; 1000], None, None, None, &p).unwrap();
         assert!(spikes.is_empty());
-    }
-
-    #[test]
-    fn numpy_sum_matches_plain_sum_for_small_inputs() {
-        let x: Vec<f64> = (0..300).map(|k| (k as f64 * 0.37).sin()).collect();
-        let plain: f64 = x.iter().sum();
-        assert!((numpy_sum(&x) - plain).abs() < 1e-12);
-        assert_eq!(numpy_sum(&x[..5]), x[..5].iter().fold(0.0, |a, b| a + b));
     }
 }

@@ -20,7 +20,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::spikes::{Timebase, numpy_sum};
+use super::spikes::Timebase;
+use super::stats::{numpy_mean, numpy_std};
 
 /// Errors of the subthreshold kernels. Messages name the offending field or parameter.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -316,15 +317,7 @@ fn average_voltage(axis: &TimeAxis<'_>, v: &[f64], start_s: f64, end_s: f64, wha
         // numpy returns NaN (mean of an empty slice) with a warning.
         return Err(SubthresholdError::EmptyInterval { what, start_s, end_s });
     }
-    Ok(numpy_sum(&v[a..b]) / (b - a) as f64)
-}
-
-/// numpy `std` (ddof 0) of a non-empty slice: mean, then the mean of squared deviations, both
-/// with pairwise summation.
-fn numpy_std(x: &[f64]) -> f64 {
-    let mean = numpy_sum(x) / x.len() as f64;
-    let sq: Vec<f64> = x.iter().map(|v| (v - mean) * (v - mean)).collect();
-    (numpy_sum(&sq) / x.len() as f64).sqrt()
+    Ok(numpy_mean(&v[a..b]))
 }
 
 /// IPFX `baseline_voltage(t, v, start, baseline_interval)` with a given start: mean Vm over

@@ -16,15 +16,7 @@ pub mod transform;
 pub mod train;
 pub mod sink;
 
-// Files not yet split into their families (one kind per file).
-pub mod cell;
-pub mod old_features;
-pub mod features_membrane;
-pub mod features_trace;
-pub mod group_stats;
-pub mod units;
-
-use crate::stage::{KindEntry, entry};
+use crate::stage::KindEntry;
 
 /// Every stage kind neurostream knows, in the order `neurostream stages` lists them: each family's
 /// list, joined (a plain list, no registration magic).
@@ -39,24 +31,8 @@ pub fn registry() -> Vec<KindEntry> {
         transform::kinds(),
         train::kinds(),
         sink::kinds(),
-        not_yet_in_a_family(),
     ];
     families.into_iter().flatten().collect()
-}
-
-/// Kinds whose code has not moved into its family folder yet.
-fn not_yet_in_a_family() -> Vec<KindEntry> {
-    vec![
-        entry::<old_features::FeaturesSpikes>(),
-        entry::<old_features::FeaturesSweep>(),
-        entry::<units::IngestCellExplorer>(),
-        entry::<units::FeaturesUnits>(),
-        entry::<cell::FeaturesCell>(),
-        entry::<cell::FeaturesSubthreshold>(),
-        entry::<features_trace::FeaturesTrace>(),
-        entry::<features_membrane::FeaturesMembrane>(),
-        entry::<group_stats::FeaturesGroupStats>(),
-    ]
 }
 
 pub fn find_kind(kind: &str) -> Option<KindEntry> {

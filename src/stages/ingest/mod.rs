@@ -4,6 +4,7 @@
 
 pub mod abf;
 pub mod allen_sweeps;
+pub mod cellexplorer;
 pub mod files;
 pub mod natimg;
 pub mod nwb;
@@ -23,5 +24,6 @@ pub fn kinds() -> Vec<KindEntry> {
         entry::<allen_sweeps::IngestAllenSweeps>(),
         entry::<natimg::IngestNatImg>(),
         entry::<spike_times::IngestSpikeTimes>(),
+        entry::<cellexplorer::IngestCellExplorer>(),
     ]
 }

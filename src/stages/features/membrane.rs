@@ -24,11 +24,11 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::features_trace::{numeric_list, passed_columns, passed_fields, unit_label};
+use super::passed_columns::{numeric_list, passed_columns, passed_fields, unit_label};
 use crate::stage::columns::{as_f64_list, column_list, field, is_numeric, require, row_values, unit_of};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
-use crate::error::Result;
-use crate::features::membrane::{MembraneFit, NoFit, Scheme, fit_membrane};
+use crate::error::{Error, Result};
+use crate::features::membrane::{FitWindow, MembraneFit, NoFit, NotATime, Scheme, fit_membrane, usable_samples};
 
 /// Passive membrane parameters per sweep from a least-squares fit of C·dV/dt = I − (V − El)/R.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -193,34 +193,29 @@ struct MembraneOp {
     schema: SchemaRef,
 }
 
+/// A row's fit, or why the fit is not defined (a result, with its pair count).
+type RowFit = std::result::Result<MembraneFit, NoFit>;
+
 impl FeaturesMembrane {
     /// The fit of one row, or why the row cannot be analysed.
-    fn fit_row(&self, v: Option<Vec<f64>>, i: Option<Vec<f64>>, rate: Option<f64>, spikes: Option<Vec<f64>>) -> std::result::Result<std::result::Result<MembraneFit, NoFit>, String> {
-        let v = v.ok_or_else(|| format!("`{}` is null", self.response))?;
-        let i = i.ok_or_else(|| format!("`{}` is null", self.stimulus))?;
-        let rate = rate.filter(|r| r.is_finite() && *r > 0.0).ok_or_else(|| format!("`{}` is missing or not positive", self.sampling_rate_column))?;
+    fn fit_row(&self, v: Option<Vec<f64>>, i: Option<Vec<f64>>, rate: Option<f64>, spikes: Option<Vec<f64>>) -> Result<RowFit> {
+        let v = v.ok_or_else(|| Error::msg(format!("`{}` is null", self.response)))?;
+        let i = i.ok_or_else(|| Error::msg(format!("`{}` is null", self.stimulus)))?;
+        let rate = rate
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .ok_or_else(|| Error::msg(format!("`{}` is missing or not positive", self.sampling_rate_column)))?;
         if v.len() != i.len() {
-            return Err(format!("`{}` has {} samples but `{}` has {}", self.response, v.len(), self.stimulus, i.len()));
+            return Err(Error::msg(format!("`{}` has {} samples but `{}` has {}", self.response, v.len(), self.stimulus, i.len())));
         }
-        let first = (self.start_s * rate).ceil() as usize;
-        let end = self.end_s.map_or(v.len(), |e| ((e * rate).floor() as usize + 1).min(v.len()));
-        let mut usable = vec![false; v.len()];
-        for u in usable.iter_mut().take(end).skip(first) {
-            *u = true;
-        }
-        if let Some(times) = spikes {
-            let t = self.spike_times.as_deref().unwrap_or_default();
-            for (k, &s) in times.iter().enumerate() {
-                if !s.is_finite() {
-                    return Err(format!("`{t}`[{k}] is {s}, not a time"));
-                }
-                let lo = ((s - self.exclude_before_s) * rate).floor().max(0.0) as usize;
-                let hi = (((s + self.exclude_after_s) * rate).ceil().max(0.0) as usize).min(v.len().saturating_sub(1));
-                for u in usable.iter_mut().take(hi + 1).skip(lo) {
-                    *u = false;
-                }
-            }
-        }
+        let window = FitWindow {
+            start_s: self.start_s,
+            end_s: self.end_s,
+            exclude_before_s: self.exclude_before_s,
+            exclude_after_s: self.exclude_after_s,
+        };
+        let usable = usable_samples(v.len(), rate, &window, spikes.as_deref().unwrap_or_default()).map_err(|NotATime { index, value }| {
+            Error::msg(format!("`{}`[{index}] is {value}, not a time", self.spike_times.as_deref().unwrap_or_default()))
+        })?;
         Ok(fit_membrane(&v, &i, rate, self.scheme, self.min_pairs, |k| usable[k]))
     }
 }
@@ -240,14 +235,11 @@ impl TransformOperator for MembraneOp {
             Some(t) => Some(as_f64_list(&batch, t)?),
             None => None,
         };
-        let fits: Vec<std::result::Result<std::result::Result<MembraneFit, NoFit>, String>> = (0..n)
+        let fits: Vec<Result<RowFit>> = (0..n)
             .into_par_iter()
             .map(|r| {
-                let times = match &spikes {
-                    // A row without a spike list has no spikes to leave out.
-                    Some(s) => Some(row_values(s, r).unwrap_or_default()),
-                    None => None,
-                };
+                // A row without a spike list has no spikes to leave out.
+                let times = spikes.as_ref().and_then(|s| row_values(s, r));
                 cfg.fit_row(row_values(&v, r), row_values(&i, r), rates[r], times)
             })
             .collect();
@@ -255,7 +247,7 @@ impl TransformOperator for MembraneOp {
         for (r, f) in fits.iter().enumerate() {
             match f {
                 Ok(_) => rows.push(r),
-                Err(e) => out.fail(unit_label(&batch, r), e.clone()),
+                Err(e) => out.fail(unit_label(&batch, r), e.to_string()),
             }
         }
         let mut columns = passed_columns(&batch, &rows, cfg.keep_lists)?;

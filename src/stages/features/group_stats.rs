@@ -22,17 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::stage::columns::{column_list, field, is_numeric, is_scalar};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::{Error, Result};
-
-/// An aggregate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Stat {
-    Count,
-    Mean,
-    Min,
-    Max,
-    Median,
-}
+use crate::features::stats::{Stat, aggregate};
 
 /// One added column: `stat` of `column` over the group's rows whose type is `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -135,30 +125,6 @@ struct GroupStatsOp {
     batches: Vec<RecordBatch>,
 }
 
-fn aggregate(stat: Stat, mut v: Vec<f64>) -> Option<f64> {
-    if stat == Stat::Count {
-        return Some(v.len() as f64);
-    }
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_unstable_by(f64::total_cmp);
-    let n = v.len();
-    Some(match stat {
-        Stat::Mean => v.iter().sum::<f64>() / n as f64,
-        Stat::Min => v[0],
-        Stat::Max => v[n - 1],
-        Stat::Median => {
-            if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                (v[n / 2 - 1] + v[n / 2]) / 2.0
-            }
-        }
-        Stat::Count => unreachable!(),
-    })
-}
-
 fn strings(batch: &RecordBatch, c: &str) -> Result<Vec<Option<String>>> {
     let a = arrow::compute::cast(batch.column_by_name(c).ok_or_else(|| Error::msg(format!("no column `{c}`")))?, &DataType::Utf8)?;
     Ok(a.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect())
@@ -176,7 +142,21 @@ impl TransformOperator for GroupStatsOp {
     }
 
     fn finish(&mut self, out: &mut Emitter) -> Result<()> {
-        // Pass 1: the aggregates of each (feature, group) over the source type's rows.
+        let agg = self.aggregates()?;
+        for b in std::mem::take(&mut self.batches) {
+            let columns = self.with_aggregates(&b, &agg)?;
+            out.emit(RecordBatch::try_new(self.schema.clone(), columns)?);
+        }
+        Ok(())
+    }
+}
+
+/// Per feature, the aggregate of each group that has rows of the feature's source type.
+type GroupAggregates = Vec<BTreeMap<String, Option<f64>>>;
+
+impl GroupStatsOp {
+    /// Pass 1: the aggregates of each (feature, group) over the source type's rows.
+    fn aggregates(&self) -> Result<GroupAggregates> {
         let mut values: Vec<BTreeMap<String, Vec<f64>>> = vec![BTreeMap::new(); self.cfg.features.len()];
         let mut present: Vec<BTreeSet<String>> = vec![BTreeSet::new(); self.cfg.features.len()];
         for b in &self.batches {
@@ -202,29 +182,30 @@ impl TransformOperator for GroupStatsOp {
                 }
             }
         }
-        let agg: Vec<BTreeMap<String, Option<f64>>> = self
+        Ok(self
             .cfg
             .features
             .iter()
             .enumerate()
             .map(|(k, f)| present[k].iter().map(|g| (g.clone(), aggregate(f.stat, values[k].get(g).cloned().unwrap_or_default()))).collect())
-            .collect();
-        // Pass 2: every row gets its group's aggregate unless it is of the source type.
-        for b in std::mem::take(&mut self.batches) {
-            let (g, t) = (strings(&b, &self.cfg.group)?, strings(&b, &self.cfg.type_column)?);
-            let mut columns: Vec<ArrayRef> = b.columns().to_vec();
-            for (k, f) in self.cfg.features.iter().enumerate() {
-                let col: Float64Array = (0..b.num_rows())
-                    .map(|r| match (&g[r], &t[r]) {
-                        (Some(gr), Some(ty)) if *ty != f.source_type => agg[k].get(gr).copied().flatten(),
-                        _ => None,
-                    })
-                    .collect();
-                columns.push(Arc::new(col));
-            }
-            out.emit(RecordBatch::try_new(self.schema.clone(), columns)?);
+            .collect())
+    }
+
+    /// Pass 2: the batch's columns followed by one column per feature: every row gets its group's
+    /// aggregate unless it is of the source type.
+    fn with_aggregates(&self, b: &RecordBatch, agg: &GroupAggregates) -> Result<Vec<ArrayRef>> {
+        let (g, t) = (strings(b, &self.cfg.group)?, strings(b, &self.cfg.type_column)?);
+        let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+        for (k, f) in self.cfg.features.iter().enumerate() {
+            let col: Float64Array = (0..b.num_rows())
+                .map(|r| match (&g[r], &t[r]) {
+                    (Some(gr), Some(ty)) if *ty != f.source_type => agg[k].get(gr).copied().flatten(),
+                    _ => None,
+                })
+                .collect();
+            columns.push(Arc::new(col));
         }
-        Ok(())
+        Ok(columns)
     }
 }
 

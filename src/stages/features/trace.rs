@@ -30,15 +30,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type, Schema, SchemaRef};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::columns::{as_f64_list, check_rate_column, column_list, field, is_numeric, row_values, unit_of};
+use super::passed_columns::{numeric_list, passed_columns, passed_fields, unit_label};
+use crate::stage::columns::{as_f64_list, check_rate_column, column_list, field, row_values, unit_of};
 use crate::stage::{Arity, Emitter, Issue, Operator, Partitioning, StageConfig, StageContext, TransformOperator};
 use crate::error::Result;
 use crate::features::spike_train::basic_spike_train_features;
+use crate::features::trace::{TraceStats, trace_stats};
 
 /// Summary statistics of list columns, and spike-train features of an event-time column, per row.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -72,8 +74,21 @@ fn d_rate() -> String {
     "sampling_rate_hz".into()
 }
 
-const LEVEL_STATS: [&str; 10] = ["mean", "std", "min", "max", "p05", "p25", "p50", "p75", "p95", "dvdt_std"];
-const QUANTILES: [f64; 5] = [0.05, 0.25, 0.5, 0.75, 0.95];
+type LevelStat = (&'static str, fn(&TraceStats) -> Option<f64>);
+/// The level statistics of each summarised column: name suffix and accessor, in output order
+/// (the percentiles are those of [`crate::features::trace::QUANTILES`]).
+const LEVEL_STATS: [LevelStat; 10] = [
+    ("mean", |s| s.mean),
+    ("std", |s| s.std),
+    ("min", |s| s.min),
+    ("max", |s| s.max),
+    ("p05", |s| s.quantiles[0]),
+    ("p25", |s| s.quantiles[1]),
+    ("p50", |s| s.quantiles[2]),
+    ("p75", |s| s.quantiles[3]),
+    ("p95", |s| s.quantiles[4]),
+    ("dvdt_std", |s| s.dvdt_std),
+];
 const SPIKE_STATS: [(&str, Option<&str>); 8] = [
     ("count", None),
     ("rate_hz", Some("Hz")),
@@ -84,17 +99,6 @@ const SPIKE_STATS: [(&str, Option<&str>); 8] = [
     ("isi_cv", Some("1")),
     ("adapt", Some("1")),
 ];
-
-pub(super) fn is_list(t: &DataType) -> bool {
-    matches!(t, DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _))
-}
-
-pub(super) fn numeric_list(t: &DataType) -> bool {
-    match t {
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => is_numeric(f.data_type()),
-        _ => false,
-    }
-}
 
 fn lag_name(lag_s: f64) -> String {
     // 0.001 -> "1", 0.0005 -> "0.5": the lag in ms with no trailing zeros.
@@ -110,7 +114,7 @@ impl FeaturesTrace {
         for c in &self.columns {
             let unit = input.field_with_name(c).ok().and_then(|f| unit_of(f).map(str::to_string));
             out.push((format!("{c}_samples"), None, true));
-            for s in LEVEL_STATS {
+            for (s, _) in LEVEL_STATS {
                 let u = if s == "dvdt_std" { unit.as_ref().map(|u| format!("{u}/s")) } else { unit.clone() };
                 out.push((format!("{c}_{s}"), u, false));
             }
@@ -225,101 +229,6 @@ struct TraceOp {
     schema: SchemaRef,
 }
 
-/// The statistics of one trace: level stats, then one autocorrelation per lag.
-#[derive(Debug, Clone, PartialEq)]
-struct TraceStats {
-    samples: i64,
-    level: [Option<f64>; LEVEL_STATS.len()],
-    acf: Vec<Option<f64>>,
-}
-
-/// Linear-interpolated quantile of sorted values (numpy `quantile(method="linear")`).
-fn quantile_sorted(v: &[f64], q: f64) -> f64 {
-    let pos = q * (v.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-}
-
-/// Statistics of one trace sampled at `rate_hz` (None when the rate is unknown or not positive).
-fn trace_stats(x: &[f64], rate_hz: Option<f64>, lags_s: &[f64]) -> TraceStats {
-    let mut finite: Vec<f64> = x.iter().copied().filter(|v| v.is_finite()).collect();
-    let n = finite.len();
-    let mut level = [None; LEVEL_STATS.len()];
-    if n > 0 {
-        let mean = finite.iter().sum::<f64>() / n as f64;
-        let var = finite.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
-        finite.sort_unstable_by(f64::total_cmp);
-        level[0] = Some(mean);
-        level[1] = Some(var.sqrt());
-        level[2] = Some(finite[0]);
-        level[3] = Some(finite[n - 1]);
-        for (k, &q) in QUANTILES.iter().enumerate() {
-            level[4 + k] = Some(quantile_sorted(&finite, q));
-        }
-    }
-    let rate = rate_hz.filter(|r| r.is_finite() && *r > 0.0);
-    if let Some(r) = rate {
-        let d: Vec<f64> = x.windows(2).map(|w| w[1] - w[0]).filter(|v| v.is_finite()).collect();
-        if !d.is_empty() {
-            let m = d.iter().sum::<f64>() / d.len() as f64;
-            let var = d.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / d.len() as f64;
-            level[9] = Some(var.sqrt() * r);
-        }
-    }
-    let acf = lags_s
-        .iter()
-        .map(|&lag| {
-            let r = rate?;
-            let k = (lag * r).round() as usize;
-            if k == 0 || k >= x.len() {
-                return None;
-            }
-            let pairs: Vec<(f64, f64)> = x.iter().zip(&x[k..]).map(|(&a, &b)| (a, b)).filter(|(a, b)| a.is_finite() && b.is_finite()).collect();
-            if pairs.len() < 2 {
-                return None;
-            }
-            let m = pairs.len() as f64;
-            let (ma, mb) = (pairs.iter().map(|p| p.0).sum::<f64>() / m, pairs.iter().map(|p| p.1).sum::<f64>() / m);
-            let cov: f64 = pairs.iter().map(|(a, b)| (a - ma) * (b - mb)).sum();
-            let va: f64 = pairs.iter().map(|(a, _)| (a - ma) * (a - ma)).sum();
-            let vb: f64 = pairs.iter().map(|(_, b)| (b - mb) * (b - mb)).sum();
-            // A constant trace has no defined correlation.
-            (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
-        })
-        .collect();
-    TraceStats { samples: n as i64, level, acf }
-}
-
-/// The input fields a per-row feature stage passes on: every scalar column, and the list columns
-/// too when `keep_lists` (the schema side of [`passed_columns`]).
-pub(super) fn passed_fields(input: &Schema, keep_lists: bool) -> Vec<Field> {
-    input.fields().iter().filter(|f| keep_lists || !is_list(f.data_type())).map(|f| f.as_ref().clone()).collect()
-}
-
-/// The passed-on columns of `batch` (see [`passed_fields`]) at the kept `rows`, in order.
-pub(super) fn passed_columns(batch: &RecordBatch, rows: &[usize], keep_lists: bool) -> Result<Vec<ArrayRef>> {
-    let idx = arrow::array::UInt64Array::from_iter_values(rows.iter().map(|&r| r as u64));
-    let mut columns = Vec::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        if keep_lists || !is_list(f.data_type()) {
-            columns.push(arrow::compute::take(c, &idx, None)?);
-        }
-    }
-    Ok(columns)
-}
-
-pub(super) fn unit_label(batch: &RecordBatch, row: usize) -> String {
-    let get = |c: &str| batch.column_by_name(c).and_then(|a| arrow::compute::cast(a, &DataType::Utf8).ok());
-    let id = get("recording_id").map(|a| a.as_string::<i32>().value(row).to_string());
-    let sweep = get("sweep").map(|a| a.as_string::<i32>().value(row).to_string());
-    match (id, sweep) {
-        (Some(i), Some(s)) => format!("{i}/{s}"),
-        (Some(i), None) => i,
-        _ => format!("row {row}"),
-    }
-}
-
 impl TransformOperator for TraceOp {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         let n = batch.num_rows();
@@ -376,9 +285,9 @@ impl TransformOperator for TraceOp {
         let mut columns = passed_columns(&batch, &rows, self.cfg.keep_lists)?;
         let f64s = |f: &dyn Fn(usize) -> Option<f64>| -> ArrayRef { Arc::new(rows.iter().map(|&r| f(r)).collect::<Float64Array>()) };
         for col in &stats {
-            columns.push(Arc::new(rows.iter().map(|&r| col[r].as_ref().map(|s| s.samples)).collect::<Int64Array>()));
-            for k in 0..LEVEL_STATS.len() {
-                columns.push(f64s(&|r| col[r].as_ref().and_then(|s| s.level[k])));
+            columns.push(Arc::new(rows.iter().map(|&r| col[r].as_ref().map(|s| s.samples as i64)).collect::<Int64Array>()));
+            for (_, get) in LEVEL_STATS {
+                columns.push(f64s(&|r| col[r].as_ref().and_then(get)));
             }
             for k in 0..self.cfg.acf_lags_s.len() {
                 columns.push(f64s(&|r| col[r].as_ref().and_then(|s| s.acf[k])));
@@ -404,26 +313,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statistics_match_numpy() {
-        // numpy: x = [3, 1, 4, 1, 5, 9, 2, 6]; mean 3.875, std 2.5708704752, percentile(x, [5, 25,
-        // 50, 75, 95]) = [1.0, 1.75, 3.5, 5.25, 7.95]; np.diff(x).std() * 1000 = 4100.77145554495
-        let x = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0];
-        let s = trace_stats(&x, Some(1000.0), &[0.001]);
-        let l: Vec<f64> = s.level.iter().map(|v| v.unwrap()).collect();
-        let want = [3.875, 2.570_870_475_150_391_7, 1.0, 9.0, 1.0, 1.75, 3.5, 5.25, 7.95];
-        for (k, w) in want.iter().enumerate() {
-            assert!((l[k] - w).abs() < 1e-9, "{}: {} vs {w}", LEVEL_STATS[k], l[k]);
-        }
-        assert!((l[9] - 4_100.771_455_544_95).abs() < 1e-6, "{}", l[9]);
-        // np.corrcoef(x[:-1], x[1:])[0, 1] = -0.1806827218347102
-        let a = s.acf[0].unwrap();
-        assert!((a - (-0.180_682_721_834_710_2)).abs() < 1e-12, "{a}");
-        assert_eq!(s.samples, 8);
-        // non-finite samples are skipped; a constant trace has no autocorrelation
-        let s = trace_stats(&[1.0, f64::NAN, 1.0, 1.0], Some(1000.0), &[0.001, 1.0]);
-        assert_eq!(s.samples, 3);
-        assert_eq!(s.level[1], Some(0.0));
-        assert_eq!(s.acf, vec![None, None]);
+    fn lag_names_are_milliseconds_without_trailing_zeros() {
         assert_eq!(lag_name(0.001), "1");
         assert_eq!(lag_name(0.0005), "0.5");
     }
