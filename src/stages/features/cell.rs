@@ -133,6 +133,7 @@ impl StageConfig for FeaturesCell {
     const SUMMARY: &'static str =
         "IPFX long-square cell summary per cell (rheobase, F-I slope, Ri, tau, sag, vrest, hero-sweep and rheobase-spike features)";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "cell_column = \"recording_id\"\nfilter_khz = 10.0";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

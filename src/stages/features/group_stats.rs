@@ -60,6 +60,7 @@ impl StageConfig for FeaturesGroupStats {
     const SUMMARY: &'static str =
         "Per-group aggregates (count, mean, min, max, median) of the rows of one type, attached to the group's rows of every other type (never to the source type's own rows)";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "group = \"recording_id\"\ntype_column = \"stimulus_name\"\nfeatures = [{ name = \"ramp_spikes\", type = \"Ramp\", column = \"spike_count\", stat = \"median\" }]";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

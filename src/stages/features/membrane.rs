@@ -113,6 +113,7 @@ impl StageConfig for FeaturesMembrane {
     const SUMMARY: &'static str =
         "Input resistance, capacitance, resting potential and time constant per sweep, by least squares of dV/dt on V and I over subthreshold samples";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "scheme = \"midpoint\"\nmin_pairs = 10";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

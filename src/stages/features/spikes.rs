@@ -197,6 +197,7 @@ impl StageConfig for FeaturesSpikes {
     const KIND: &'static str = "features.spikes";
     const SUMMARY: &'static str = "IPFX spike detection and per-spike features on every sweep; one row per spike";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "filter_khz = 10.0\ndv_cutoff_v_per_s = 20.0";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

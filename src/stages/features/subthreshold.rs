@@ -48,6 +48,7 @@ impl StageConfig for FeaturesSubthreshold {
     const SUMMARY: &'static str =
         "IPFX subthreshold features per sweep (stimulus amplitude, baseline Vm, peak deflection, sag, tau) over its cell's stimulus window";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "cell_column = \"recording_id\"";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

@@ -58,6 +58,7 @@ impl StageConfig for FeaturesSweep {
     const SUMMARY: &'static str =
         "IPFX spike-train features (count, rate, latency, ISIs, adaptation) per sweep inside its stimulus window";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "start_s = 0.27\nend_s = 1.27";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

@@ -136,6 +136,7 @@ impl StageConfig for FeaturesTrace {
     const SUMMARY: &'static str =
         "Per-row summary statistics of list columns (mean, std, percentiles, dV/dt spread, autocorrelation) and spike-train features of an event-time column";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "columns = [\"response\"]";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

@@ -124,6 +124,7 @@ impl StageConfig for FeaturesUnits {
     const SUMMARY: &'static str =
         "CellExplorer unit features per unit: trough-to-peak, A/B ratio, firing rate, CV2, burst indices, ACG fit (tau_rise, refrac)";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "refractory_violation_isi_s = 0.002";
 
     fn arity() -> Arity {
         Arity::Transform { min: 1, max: Some(1) }

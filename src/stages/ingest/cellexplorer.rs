@@ -96,6 +96,7 @@ impl StageConfig for IngestCellExplorer {
     const SUMMARY: &'static str =
         "Read CellExplorer cell_metrics .mat files (v5, v7.3) into the units table: spike times, mean waveform, labels";
     const CODE_VERSION: u32 = 1;
+    const EXAMPLE: &'static str = "paths = [\"units/*.cell_metrics.cellinfo.mat\"]";
 
     fn arity() -> Arity {
         Arity::Source
