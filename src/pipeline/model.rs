@@ -70,30 +70,6 @@ impl Pipeline {
     pub fn name(&self) -> &str {
         &self.section.name
     }
-    /// Drops the named stages and everything downstream of them (stages stay in topological
-    /// order; input indices are renumbered). `run --watch` runs its per-file increments without
-    /// the training stages, which need every row and refit on their own schedule.
-    pub fn without(&mut self, names: &[String]) {
-        let mut dropped = vec![false; self.stages.len()];
-        for (i, s) in self.stages.iter().enumerate() {
-            dropped[i] = names.contains(&s.name) || s.inputs.iter().any(|&j| dropped[j]);
-        }
-        let mut new_index = vec![usize::MAX; self.stages.len()];
-        let mut k = 0;
-        for (i, d) in dropped.iter().enumerate() {
-            if !d {
-                new_index[i] = k;
-                k += 1;
-            }
-        }
-        let old = std::mem::take(&mut self.stages);
-        for (i, mut s) in old.into_iter().enumerate() {
-            if !dropped[i] {
-                s.inputs = s.inputs.iter().map(|&j| new_index[j]).collect();
-                self.stages.push(s);
-            }
-        }
-    }
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.stages.iter().position(|s| s.name == name)
     }
