@@ -462,10 +462,12 @@ pub struct NoiseEpochs<'a> {
     pub epoch_s: f64,
     /// Silence between epochs.
     pub gap_s: f64,
-    pub f_low_hz: f64,
-    pub f_high_hz: f64,
-    /// Spacing of the noise lines (see [`frequency_lines`]).
-    pub f_step_hz: f64,
+    /// The noise lines (e.g. [`frequency_lines`]).
+    pub freqs_hz: Vec<f64>,
+    /// Scale the noise to zero mean and unit σ over one epoch's own samples, as make_pink.py does
+    /// (`np.std`), instead of analytically ([`pink_noise`]); the two agree when an epoch holds
+    /// whole periods of every line.
+    pub standardize: bool,
     /// Current outside the epochs (the caller's `out` holds it already) and added inside them.
     pub baseline: f64,
 }
@@ -488,7 +490,13 @@ pub fn fill_noise_epochs(out: &mut [f64], dt_s: f64, p: &NoiseEpochs, rng: &mut 
     let epoch_n = samples_for(p.epoch_s, dt_s)?;
     let lead_n = (p.lead_s / dt_s).round() as usize;
     let gap_n = (p.gap_s / dt_s).round() as usize;
-    let noise = pink_noise(epoch_n.min(total), dt_s, frequency_lines(p.f_low_hz, p.f_high_hz, p.f_step_hz), rng);
+    // Analytic scaling makes each sample independent of the length, so an epoch cut by the end
+    // of `out` need not be generated whole; standardizing needs the whole epoch.
+    let n = if p.standardize { epoch_n } else { epoch_n.min(total) };
+    let mut noise = pink_noise(n, dt_s, p.freqs_hz.iter().copied(), rng);
+    if p.standardize {
+        standardize(&mut noise);
+    }
     let mut start = lead_n;
     for &mult in p.multipliers {
         if start >= total {
@@ -1072,6 +1080,8 @@ impl StimulusSpec {
                 ..
             } => {
                 out.fill(*baseline_pa);
+                // Lines at f_min, f_min + 1 Hz, ..., f_max; the noise standardized over the epoch.
+                let n_freq = ((f_max_hz - f_min_hz) + 1e-9).floor() as usize + 1;
                 let epochs = NoiseEpochs {
                     multipliers,
                     rheobase: *rheobase_pa,
@@ -1079,9 +1089,8 @@ impl StimulusSpec {
                     lead_s: *onset_s,
                     epoch_s: *epoch_s,
                     gap_s: epoch_period_s - epoch_s,
-                    f_low_hz: *f_min_hz,
-                    f_high_hz: *f_max_hz,
-                    f_step_hz: 1.0,
+                    freqs_hz: (0..n_freq).map(|i| f_min_hz + i as f64).collect(),
+                    standardize: true,
                     baseline: *baseline_pa,
                 };
                 let mut rng = StdRng::seed_from_u64(*seed);
@@ -1459,9 +1468,8 @@ mod tests {
             lead_s: 0.0,
             epoch_s: 3.0,
             gap_s: 5.0,
-            f_low_hz: 1.0,
-            f_high_hz: 100.0,
-            f_step_hz: 1.0 / 3.0,
+            freqs_hz: frequency_lines(1.0, 100.0, 1.0 / 3.0).collect(),
+            standardize: false,
             baseline: 0.0,
         };
         let dt = 1e-4;

@@ -135,8 +135,9 @@ pub struct AllenNoise {
 
 impl AllenNoise {
     /// The kernel's description of these epochs around `rheobase_a`. The noise lines are spaced
-    /// 1/epoch_s, so every epoch holds whole periods of every line and the waveform is defined in
-    /// continuous time (regenerating it at another dt samples the same waveform).
+    /// 1/epoch_s, so every epoch holds whole periods of every line, and the scaling is analytic,
+    /// so the waveform is defined in continuous time (regenerating it at another dt samples the
+    /// same waveform).
     fn epochs(&self, rheobase_a: f64) -> NoiseEpochs<'_> {
         NoiseEpochs {
             multipliers: &self.epochs_rheobase,
@@ -145,9 +146,8 @@ impl AllenNoise {
             lead_s: self.lead_s,
             epoch_s: self.epoch_s,
             gap_s: self.gap_s,
-            f_low_hz: self.f_low_hz,
-            f_high_hz: self.f_high_hz,
-            f_step_hz: 1.0 / self.epoch_s,
+            freqs_hz: stimulus::frequency_lines(self.f_low_hz, self.f_high_hz, 1.0 / self.epoch_s).collect(),
+            standardize: false,
             baseline: 0.0,
         }
     }
